@@ -1,0 +1,120 @@
+"""Concept definitions (one YAML file per concept under `conf/concept/`) as typed objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from t2v_unlearn.judges.base import WatchedConcept
+
+KINDS = ("object", "style")
+
+
+@dataclass(frozen=True)
+class PreservePrompt:
+    """A prompt that names another concept, which must survive the unlearning."""
+
+    prompt: str
+    concept: str
+    probe: str
+
+
+@dataclass(frozen=True)
+class Concept:
+    key: str
+    # The concept's name as it appears in prompts, filled into the prompt templates.
+    name: str
+    # "object" (objects, characters, people) or "style" (artist styles): picks the templates.
+    kind: str
+    image_prompts: tuple[str, ...]
+    eval_prompts: tuple[str, ...]
+    preserve_prompts: tuple[PreservePrompt, ...]
+    probe: str
+    anchors: tuple[str, ...]
+    category: str = ""
+    similar: tuple[str, ...] = ()
+    paraphrases: tuple[str, ...] = ()
+    # A user folder of images that replaces the generated few-shot images.
+    images_dir: str | None = None
+
+    @property
+    def watched(self) -> WatchedConcept:
+        return WatchedConcept(key=self.key, probe=self.probe, anchors=self.anchors)
+
+    @classmethod
+    def from_config(cls, key: str, cfg: Mapping[str, Any]) -> "Concept":
+        missing = [f for f in ("name", "kind", "image_prompts", "eval_prompts", "probe") if not cfg.get(f)]
+        if missing:
+            raise ValueError(f"concept '{key}' is missing the field(s) {missing}; see conf/concept/eiffel.yaml")
+        if cfg["kind"] not in KINDS:
+            raise ValueError(f"concept '{key}' has kind '{cfg['kind']}'; use one of {list(KINDS)}")
+        preserve = tuple(
+            PreservePrompt(prompt=str(p["prompt"]), concept=str(p["concept"]), probe=str(p["probe"]))
+            for p in cfg.get("preserve_prompts") or ()
+        )
+        return cls(
+            key=str(cfg.get("key", key)),
+            name=str(cfg["name"]),
+            kind=str(cfg["kind"]),
+            image_prompts=tuple(cfg["image_prompts"]),
+            eval_prompts=tuple(cfg["eval_prompts"]),
+            preserve_prompts=preserve,
+            probe=str(cfg["probe"]),
+            anchors=tuple(cfg.get("anchors") or ()),
+            category=str(cfg.get("category") or ""),
+            similar=tuple(cfg.get("similar") or ()),
+            paraphrases=tuple(cfg.get("paraphrases") or ()),
+            images_dir=cfg.get("images_dir") or None,
+        )
+
+
+def load_concepts(concepts_cfg: Mapping[str, Any] | None) -> list[Concept]:
+    """Build the target concepts from the `concepts` node that `concept=...` fills."""
+    if not concepts_cfg:
+        raise ValueError("no concept selected; pass one, e.g. concept=eiffel or concept=[snoopy,mickey]")
+    return [Concept.from_config(key, cfg) for key, cfg in concepts_cfg.items()]
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One evaluation prompt and the concept whose presence is measured in its outputs."""
+
+    prompt: str
+    watched: WatchedConcept
+    # "target" for prompts naming an unlearned concept, "other" for preservation prompts.
+    group: str
+
+
+def evaluation_items(concepts: list[Concept]) -> list[EvalItem]:
+    """List the target prompts of every concept, then the preservation prompts.
+
+    A preservation prompt that names one of the unlearned concepts (Mickey Mouse in Snoopy's list
+    when both are unlearned) is dropped, since it is no longer "other". Duplicates are dropped.
+    """
+    target_keys = {c.key for c in concepts}
+    items: list[EvalItem] = []
+    seen: set[tuple[str, str]] = set()
+    for concept in concepts:
+        for prompt in concept.eval_prompts:
+            if (prompt, concept.key) not in seen:
+                seen.add((prompt, concept.key))
+                items.append(EvalItem(prompt, concept.watched, "target"))
+    for concept in concepts:
+        for p in concept.preserve_prompts:
+            if p.concept in target_keys or (p.prompt, p.concept) in seen:
+                continue
+            seen.add((p.prompt, p.concept))
+            items.append(EvalItem(p.prompt, WatchedConcept(p.concept, p.probe, concept.anchors), "other"))
+    return items
+
+
+@dataclass
+class PromptTemplates:
+    object: list[str] = field(default_factory=list)
+    style: list[str] = field(default_factory=list)
+
+    def for_kind(self, kind: str) -> list[str]:
+        templates = self.object if kind == "object" else self.style
+        if not templates:
+            raise ValueError(f"no prompt templates for kind '{kind}'; check conf/prompts/")
+        return templates

@@ -1,0 +1,32 @@
+"""What a judge is: something that says whether a concept is visible in images."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class WatchedConcept:
+    """A concept whose presence is measured in generated images or frames."""
+
+    # Stable identifier shared by concept configs and detectors, e.g. "eiffel", "tokyo_tower".
+    key: str
+    # Text that names the concept, for CLIP probes and the CLIP judge.
+    probe: str
+    # Texts that name what an image shows instead when the concept is absent (CLIP judge only).
+    anchors: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Judge(ABC):
+    """Decides per image whether a concept is present."""
+
+    @abstractmethod
+    def detect(self, images: np.ndarray, concept: WatchedConcept) -> np.ndarray:
+        """Return a bool array `(n,)`: whether `concept` is visible in each uint8 image `(n, h, w, 3)`."""
+
+    def supports(self, concept: WatchedConcept) -> bool:
+        """Return whether this judge can decide on `concept` at all."""
+        return True

@@ -1,0 +1,165 @@
+"""The main job: few-shot images, unlearning, saving, evaluation before and after."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from t2v_unlearn.concepts import PromptTemplates, evaluation_items, load_concepts
+from t2v_unlearn.data import LatentPromptDataset, UnlearningDataModule, encode_images, random_latents
+from t2v_unlearn.evaluate import EvalSettings, expand, per_sample_records, phase_metrics, run_phase
+from t2v_unlearn.export import SaveTextEncoderEachEpoch, save_text_encoder
+from t2v_unlearn.fewshot import collect_fewshot
+from t2v_unlearn.hydra_callbacks import FINISHED_MARKER, check_run_dir
+from t2v_unlearn.io import write_json_atomic
+from t2v_unlearn.judges.clip import clip_scorer_for
+from t2v_unlearn.tracking import log_media, log_metrics
+from t2v_unlearn.unlearn import DivergenceError, TextEncoderUnlearning, expected_optimizer_steps
+
+log = logging.getLogger(__name__)
+
+
+def build_judge(judge_cfg: DictConfig, backend):
+    """Instantiate the judge config; its factory receives the backend when it takes one."""
+    factory = instantiate(judge_cfg, _partial_=True)
+    target = getattr(factory, "func", factory)
+    parameters = inspect.signature(target).parameters
+    return factory(backend=backend) if "backend" in parameters else factory()
+
+
+def build_latents(backend, images_by_concept: dict[str, np.ndarray], concepts, shots: int, batch_size: int,
+                  seed: int) -> tuple[torch.Tensor, list[int]]:
+    """Encode all concepts' images once; for shots=0, draw `batch_size` random latents per concept."""
+    generator = torch.Generator().manual_seed(seed)
+    latents, concept_index = [], []
+    height, width = int(backend.image_kwargs["height"]), int(backend.image_kwargs["width"])
+    factor = 2 ** (len(backend.vae.config.block_out_channels) - 1)
+    latent_shape = (int(backend.vae.config.latent_channels), height // factor, width // factor)
+    for i, concept in enumerate(concepts):
+        if shots == 0:
+            latents.append(random_latents(batch_size, latent_shape, generator))
+        else:
+            latents.append(encode_images(backend.vae, images_by_concept[concept.key], generator))
+        concept_index += [i] * len(latents[-1])
+    return torch.cat(latents), concept_index
+
+
+def retain_prompts(concepts) -> list[str]:
+    """The empty prompt (classifier-free guidance runs it through the same encoder) and the
+    preservation prompts that name no unlearned concept."""
+    targets = {c.key for c in concepts}
+    prompts = [""]
+    for concept in concepts:
+        prompts += [p.prompt for p in concept.preserve_prompts
+                    if p.concept not in targets and p.concept not in concept.similar and p.prompt not in prompts]
+    return prompts
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Run the whole job into `out_dir` and return the metrics that `metrics.json` holds."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    check_run_dir(out_dir, bool(cfg.overwrite))
+    if cfg.shots < 0:
+        raise ValueError(f"shots={cfg.shots} is invalid; pass 0 (random latents) or a positive image count")
+    pl.seed_everything(int(cfg.seed), workers=True)
+
+    concepts = load_concepts(cfg.concepts)
+    templates = PromptTemplates(**OmegaConf.to_container(cfg.prompts, resolve=True))
+    log.info("Unlearning %s with %d shot(s) per concept", ", ".join(c.name for c in concepts), cfg.shots)
+    backend = instantiate(cfg.model.backend)
+    judge = build_judge(cfg.judge, backend)
+    scorer = clip_scorer_for(backend.clip, backend.device) if cfg.eval.clip_similarity else None
+    logger = instantiate(cfg.logger) if cfg.get("logger") else None
+    if logger is not None:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    # 1. Few-shot images.
+    t0 = time.perf_counter()
+    images_by_concept, records = collect_fewshot(backend, concepts, int(cfg.shots), int(cfg.fewshot_seed),
+                                                 cfg.cache_dir, out_dir / "fewshot")
+    fewshot_s = time.perf_counter() - t0
+
+    # 2. Videos and images of the original model, before the encoder changes in place.
+    settings = EvalSettings(**{k: v for k, v in cfg.eval.items() if k != "clip_similarity"})
+    items = evaluation_items(concepts)
+    samples, seeds = expand(items, settings)
+    t0 = time.perf_counter()
+    before = run_phase("before", backend, judge, scorer, items, backend.text_encoder, out_dir, settings)
+    eval_s = time.perf_counter() - t0
+
+    # 3. Unlearning.
+    t0 = time.perf_counter()
+    latents, concept_index = build_latents(backend, images_by_concept, concepts, int(cfg.shots),
+                                           int(cfg.batch_size), int(cfg.seed))
+    dataset = LatentPromptDataset(latents, concepts, templates, concept_index)
+    module = TextEncoderUnlearning(
+        text_encoder=backend.text_encoder,
+        unet=backend.unet,
+        noise_scheduler=backend.noise_scheduler,
+        tokenizer=backend.tokenizer,
+        optimizer=instantiate(cfg.optim),
+        trainable=cfg.trainable,
+        retain_weight=float(cfg.retain_weight),
+        retain_prompts=retain_prompts(concepts) if cfg.retain_weight > 0 else (),
+    )
+    provenance = {
+        "concepts": [c.key for c in concepts],
+        "concept_names": [c.name for c in concepts],
+        "shots": int(cfg.shots),
+        "epochs": int(cfg.epochs),
+        "batch_size": int(cfg.batch_size),
+        "trainable": cfg.trainable,
+        "retain_weight": float(cfg.retain_weight),
+        "optimizer": OmegaConf.to_container(cfg.optim, resolve=True),
+        "base_model_id": backend.model_id,
+        "backend": backend.name,
+        "seed": int(cfg.seed),
+        "fewshot_seed": int(cfg.fewshot_seed),
+    }
+    trainer = instantiate(cfg.trainer, logger=logger if logger is not None else False,
+                          callbacks=[SaveTextEncoderEachEpoch(out_dir, provenance)],
+                          default_root_dir=str(out_dir))
+    trainer.fit(module, datamodule=UnlearningDataModule(dataset, batch_size=int(cfg.batch_size)))
+    module.text_encoder.eval()
+    final = {**provenance, "epoch": trainer.current_epoch, "optimizer_steps": int(trainer.global_step),
+             "expected_optimizer_steps": expected_optimizer_steps(len(dataset), int(cfg.batch_size), int(cfg.epochs)),
+             "diverged_at_step": module.diverged_at_step}
+    save_text_encoder(module.text_encoder, out_dir / "text_encoder", final)
+    unlearn_s = time.perf_counter() - t0
+    if module.diverged_at_step is not None:
+        raise DivergenceError(
+            f"the unlearning loss or a gradient became non-finite at step {module.diverged_at_step}; "
+            f"the last finite encoder is saved in {out_dir / 'text_encoder'}. Lower optim.lr "
+            f"(now {cfg.optim.lr}) or set retain_weight > 0, then run again in a new folder."
+        )
+
+    # 4. The same prompts and seeds with the unlearned encoder.
+    t0 = time.perf_counter()
+    after = run_phase("after", backend, judge, scorer, items, module.text_encoder, out_dir, settings)
+    eval_s += time.perf_counter() - t0
+
+    metrics = {**phase_metrics("before", before, samples), **phase_metrics("after", after, samples)}
+    metrics.update({
+        "time/fewshot_s": fewshot_s,
+        "time/unlearn_s": unlearn_s,
+        "time/eval_s": eval_s,
+        "time/total_s": time.perf_counter() - start,
+        "train/optimizer_steps": int(trainer.global_step),
+    })
+    write_json_atomic(out_dir / "eval_samples.json", per_sample_records(samples, seeds, before, after))
+    if logger is not None:
+        log_metrics(logger, metrics)
+        log_media(logger, out_dir, records, before, after, samples)
+    # metrics.json is written last: its presence marks a finished run.
+    write_json_atomic(out_dir / FINISHED_MARKER, metrics)
+    log.info("Metrics: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
+    return metrics

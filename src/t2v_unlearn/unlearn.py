@@ -1,0 +1,195 @@
+"""Gradient ascent on the latent-diffusion loss, through the frozen UNet, into the text encoder."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+TRAINABLE_CHOICES = ("all", "mlp", "attn", "mlp_final_attn")
+
+
+def select_trainable(text_encoder: torch.nn.Module, trainable: str) -> list[str]:
+    """Return the names of the encoder parameters that `trainable` selects.
+
+    Names follow transformers' `CLIPTextModel` (SD 1.x's CLIP ViT-L/14 and SD 2.x's OpenCLIP-H
+    alike): `text_model.encoder.layers.<i>.{self_attn,mlp,layer_norm1,layer_norm2}`.
+    `mlp_final_attn` is the MLP of every layer plus the last layer's self-attention.
+    """
+    names = [name for name, _ in text_encoder.named_parameters()]
+    if trainable == "all":
+        return names
+    if trainable == "mlp":
+        selected = [n for n in names if ".mlp." in n]
+    elif trainable == "attn":
+        selected = [n for n in names if ".self_attn." in n]
+    elif trainable == "mlp_final_attn":
+        last = text_encoder.config.num_hidden_layers - 1
+        selected = [n for n in names if ".mlp." in n or f"layers.{last}.self_attn." in n]
+    else:
+        raise ValueError(f"trainable='{trainable}' is not supported; use one of {list(TRAINABLE_CHOICES)}")
+    if not selected:
+        raise ValueError(f"trainable='{trainable}' selects no parameter of {type(text_encoder).__name__}")
+    return selected
+
+
+def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor,
+                     timesteps: torch.Tensor) -> torch.Tensor:
+    """Return what the UNet is trained to predict: the noise, or v for v-prediction schedulers."""
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type '{prediction_type}'; expected 'epsilon' or 'v_prediction'")
+
+
+class DivergenceError(RuntimeError):
+    """The unlearning loss became NaN or infinite."""
+
+
+class TextEncoderUnlearning(pl.LightningModule):
+    """Maximise the latent-diffusion loss of the concept images by changing only the text encoder.
+
+    loss = -MSE(target, unet(noisy_latents, t, text_encoder(prompt)))
+           + retain_weight * mean over retain prompts of MSE(E(p), E_0(p))
+
+    with t uniform over the scheduler's training timesteps. The retain term is off
+    (retain_weight = 0) in the published recipe; E_0 is the frozen original encoder.
+    """
+
+    def __init__(
+        self,
+        text_encoder: torch.nn.Module,
+        unet: torch.nn.Module,
+        noise_scheduler: Any,
+        tokenizer: Any,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        trainable: str = "all",
+        unet_dtype: torch.dtype | None = None,
+        retain_weight: float = 0.0,
+        retain_prompts: Sequence[str] = (),
+        retain_batch_size: int = 8,
+    ):
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.unet = unet
+        self.noise_scheduler = noise_scheduler
+        self.tokenizer = tokenizer
+        self.optimizer_factory = optimizer
+        self.trainable = trainable
+        self.unet_dtype = unet_dtype
+        self.retain_weight = float(retain_weight)
+        self.retain_prompts = list(retain_prompts)
+        self.retain_batch_size = retain_batch_size
+        # Set when a non-finite loss or gradient stopped training; the encoder then holds the
+        # parameters of the last finite step.
+        self.diverged_at_step: int | None = None
+
+        self.unet.requires_grad_(False)
+        self.text_encoder.requires_grad_(False)
+        self.trainable_names = select_trainable(text_encoder, trainable)
+        params = dict(text_encoder.named_parameters())
+        for name in self.trainable_names:
+            params[name].requires_grad_(True)
+
+        if self.retain_weight > 0 and not self.retain_prompts:
+            raise ValueError("retain_weight > 0 needs retain prompts; pass method.retain_prompts or set "
+                             "retain_weight=0")
+        self._retain_targets: torch.Tensor | None = None
+        if self.retain_weight > 0:
+            # E_0 is frozen, so its hidden states for the retain prompts are computed once.
+            with torch.no_grad():
+                self._retain_targets = self.encode(self.retain_prompts).detach().cpu()
+
+    # ---- Lightning wiring -------------------------------------------------------------------
+
+    def train(self, mode: bool = True):
+        # The frozen UNet stays in eval mode: training mode would turn on any dropout it has.
+        super().train(mode)
+        self.unet.eval()
+        return self
+
+    def configure_optimizers(self):
+        parameters = [p for p in self.text_encoder.parameters() if p.requires_grad]
+        return self.optimizer_factory(parameters)
+
+    def on_fit_start(self) -> None:
+        if self.unet_dtype is not None:
+            self.unet.to(dtype=self.unet_dtype)
+
+    # ---- the math ---------------------------------------------------------------------------
+
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt").input_ids.to(self.device)
+
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Return the encoder's last hidden states `(b, 77, d)`, what the UNet cross-attends to."""
+        return self.text_encoder(self.tokenize(prompts))[0]
+
+    def diffusion_mse(self, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, noise: torch.Tensor,
+                      timesteps: torch.Tensor) -> torch.Tensor:
+        """Return the latent-diffusion loss MSE(target, noise_pred) for given noise and timesteps."""
+        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        target = diffusion_target(self.noise_scheduler, latents, noise, timesteps)
+        unet_dtype = next(self.unet.parameters()).dtype
+        noise_pred = self.unet(noisy_latents.to(unet_dtype), timesteps,
+                               encoder_hidden_states=encoder_hidden_states.to(unet_dtype)).sample
+        return F.mse_loss(noise_pred.float(), target.float(), reduction="mean")
+
+    def retain_loss(self) -> torch.Tensor:
+        """Return the mean squared drift of the encoder's hidden states on a batch of retain prompts."""
+        if self._retain_targets is None:
+            return torch.zeros((), device=self.device)
+        count = len(self.retain_prompts)
+        index = torch.randperm(count)[: min(self.retain_batch_size, count)]
+        prompts = [self.retain_prompts[i] for i in index.tolist()]
+        hidden = self.encode(prompts).float()
+        return F.mse_loss(hidden, self._retain_targets[index].to(hidden.device).float())
+
+    def training_step(self, batch: dict, batch_idx: int):
+        latents = batch["latents"].to(self.device)  # (b, c, h, w)
+        noise = torch.randn_like(latents)
+        num_train_timesteps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, num_train_timesteps, (latents.shape[0],), device=self.device).long()
+        encoder_hidden_states = self.encode(batch["prompts"])
+        mse = self.diffusion_mse(latents, encoder_hidden_states, noise, timesteps)
+        loss = -mse
+        if self.retain_weight > 0:
+            retain = self.retain_loss()
+            loss = loss + self.retain_weight * retain
+            self.log("train/retain", retain.detach(), on_step=True, batch_size=len(latents))
+
+        if not torch.isfinite(loss):
+            self._stop_on_divergence(f"loss is {loss.item()}")
+            # Returning None skips backward and the optimizer step, so the encoder keeps the
+            # parameters of the last finite step.
+            return None
+        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=len(latents))
+        self.log("train/diffusion_mse", mse.detach(), on_step=True, batch_size=len(latents))
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        finite = all(torch.isfinite(p.grad).all() for p in self.text_encoder.parameters() if p.grad is not None)
+        if not finite:
+            # Dropping the gradients makes the optimizer skip every parameter this step.
+            optimizer.zero_grad(set_to_none=True)
+            self._stop_on_divergence("a gradient is NaN or infinite")
+
+    def _stop_on_divergence(self, reason: str) -> None:
+        self.diverged_at_step = int(self.global_step)
+        log.error("Unlearning diverged at step %d: %s. Training stops here; the encoder keeps the "
+                  "parameters of the last finite step. Lower optim.lr or add a retain term.",
+                  self.global_step, reason)
+        self.trainer.should_stop = True
+
+
+def expected_optimizer_steps(num_images: int, batch_size: int, epochs: int) -> int:
+    return math.ceil(num_images / batch_size) * epochs

@@ -1,0 +1,26 @@
+"""Unlearn a concept in the shared text encoder and measure it on videos.
+
+    python train.py concept=eiffel shots=2
+    python train.py concept=snoopy_mickey model=lavie model.backend.sd_path=/path/to/sd15
+    python train.py -m concept=snoopy,eiffel seed=0,1,2
+"""
+
+import logging
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+import t2v_unlearn.resolvers  # noqa: F401  (registers ${join_keys:...} and ${sweep_group:})
+from t2v_unlearn.run import run
+
+log = logging.getLogger(__name__)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> dict:
+    return run(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
