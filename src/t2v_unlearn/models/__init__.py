@@ -1,0 +1,1 @@
+"""Video diffusion models implemented in this repository (diffusers `ModelMixin` components)."""
