@@ -67,7 +67,7 @@ class RotaryEmbedding(nn.Module):
 def _copy_freqs_entry(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
     # The shared module appears once per temporal attention in `state_dict()`, so all its entries
     # alias one tensor. safetensors' save_file (used by `save_pretrained`) rejects tensors that
-    # share memory, so each entry gets its own 16-element copy.
+    # share memory, so each entry gets its own copy.
     key = prefix + "freqs"
     if key in state_dict:
         state_dict[key] = state_dict[key].clone()

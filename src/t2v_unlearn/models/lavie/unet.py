@@ -358,7 +358,7 @@ class LaVieUNet3DConditionModel(ModelMixin, ConfigMixin):
         model = cls(**config_3d)
 
         # NOTE: the ResNet GroupNorms of the 3-D model pool statistics over all frames, so for
-        # distinct frames the inflated model is close to, not equal to, the per-frame image model.
+        # distinct frames the inflated model can differ from the per-frame image model.
         missing, unexpected = model.load_state_dict(unet2d.state_dict(), strict=False)
         temporal_keys = {key for key in model.state_dict() if "_temp" in key}
         if unexpected or set(missing) != temporal_keys:
