@@ -237,7 +237,9 @@ def build_animatediff_backend(
     # (on `parts.unet`) and video generation (on `motion_unet`) use the same spatial weights.
     motion_unet = UNetMotionModel.from_unet2d(parts.unet, adapter)
     motion_unet.requires_grad_(False)
-    motion_unet.to(device=placement.device, dtype=placement.frozen_dtype).eval()
+    motion_unet.to(placement.device).eval()
+    if motion_unet.dtype != placement.frozen_dtype:
+        motion_unet.to(dtype=placement.frozen_dtype)
     video_pipeline = SharedEncoderAnimateDiffPipeline(
         vae=parts.vae,
         text_encoder=parts.text_encoder,
