@@ -370,6 +370,22 @@ def test_unequal_rotary_freqs_rejected():
         lavie_unet_from_state_dict(state_dict, read_config("tiny_config.json"))
 
 
+def test_base_checkpoint_keys_load_strictly(base_unet_on_meta):
+    # A full-size state dict of meta tensors takes the place of lavie_base.pt. The freqs entries are
+    # left out because meta tensors cannot be compared, so they are filled in by the loader.
+    state_dict = {
+        key: tensor
+        for key, tensor in base_unet_on_meta.state_dict().items()
+        if not key.endswith("rotary_emb.freqs")
+    }
+    model = lavie_unet_from_state_dict(state_dict)
+    freqs_keys = [key for key in model.state_dict() if key.endswith("rotary_emb.freqs")]
+
+    assert len(state_dict) == 830 - 16
+    assert len(freqs_keys) == 16
+    assert torch.equal(model.state_dict()[freqs_keys[0]], RotaryEmbedding().freqs)
+
+
 def test_convert_script_round_trip(tmp_path, golden):
     checkpoint = tmp_path / "lavie_tiny.pt"
     torch.save({"ema": load_file(DATA / "tiny_unet.safetensors")}, checkpoint)
