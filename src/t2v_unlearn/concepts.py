@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from t2v_unlearn.judges.base import WatchedConcept
@@ -68,11 +68,21 @@ class Concept:
         )
 
 
-def load_concepts(concepts_cfg: Mapping[str, Any] | None) -> list[Concept]:
-    """Build the target concepts from the `concepts` node that `concept=...` fills."""
+def load_concepts(concepts_cfg: Mapping[str, Any] | None, images_dir: str | None = None) -> list[Concept]:
+    """Build the target concepts from the `concepts` node that `concept=...` fills.
+
+    `images_dir` (the `concept.images_dir=...` shortcut) applies to a single-concept run.
+    """
     if not concepts_cfg:
         raise ValueError("no concept selected; pass one, e.g. concept=eiffel or concept=[snoopy,mickey]")
-    return [Concept.from_config(key, cfg) for key, cfg in concepts_cfg.items()]
+    concepts = [Concept.from_config(key, cfg) for key, cfg in concepts_cfg.items()]
+    if images_dir:
+        if len(concepts) > 1:
+            keys = ", ".join(c.key for c in concepts)
+            raise ValueError(f"concept.images_dir applies to one concept, but this run unlearns {keys}; "
+                             "set concepts.<key>.images_dir=... for each concept instead")
+        concepts[0] = replace(concepts[0], images_dir=str(images_dir))
+    return concepts
 
 
 @dataclass(frozen=True)

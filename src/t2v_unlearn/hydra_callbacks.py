@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +30,23 @@ def check_run_dir(run_dir: str | Path, overwrite: bool) -> None:
 
 
 class RejectFinishedRunDir(Callback):
-    """Check the run folder before Hydra writes its `.hydra/` files into it.
+    """Keep Hydra from writing its `.hydra/` files into a folder that holds a finished run.
 
-    A single run is checked in `on_run_start`, before anything is written. In a multirun the job
-    folders are known only per job, so the task function checks them again (see `run.run`).
+    Hydra only warns when a callback raises, so this callback does not raise: it turns off the
+    `.hydra/` config files of this launch, and the task function then stops with the error (see
+    `run.run`). The old run's files stay as they were; Hydra's log file only gets lines appended.
+    NOTE: in a multirun the job folders are known only once each job starts, after Hydra has
+    written its files, so a job folder pinned to a finished run gets new `.hydra/` files there.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         # `hydra.run.dir` may use the `${hydra:...}` resolver, which reads this singleton.
         HydraConfig.instance().set_config(config)
         run_dir = OmegaConf.select(config, "hydra.run.dir", throw_on_resolution_failure=False)
-        if run_dir is not None:
+        if run_dir is None:
+            return
+        try:
             check_run_dir(run_dir, bool(config.get("overwrite", False)))
+        except FinishedRunError:
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.output_subdir = None

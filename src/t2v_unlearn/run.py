@@ -21,7 +21,7 @@ from t2v_unlearn.fewshot import collect_fewshot
 from t2v_unlearn.hydra_callbacks import FINISHED_MARKER, check_run_dir
 from t2v_unlearn.io import write_json_atomic
 from t2v_unlearn.judges.clip import clip_scorer_for
-from t2v_unlearn.tracking import log_media, log_metrics
+from t2v_unlearn.tracking import finish, log_media, log_metrics
 from t2v_unlearn.unlearn import DivergenceError, TextEncoderUnlearning, expected_optimizer_steps
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         raise ValueError(f"shots={cfg.shots} is invalid; pass 0 (random latents) or a positive image count")
     pl.seed_everything(int(cfg.seed), workers=True)
 
-    concepts = load_concepts(cfg.concepts)
+    concepts = load_concepts(cfg.concepts, OmegaConf.select(cfg, "concept.images_dir"))
     templates = PromptTemplates(**OmegaConf.to_container(cfg.prompts, resolve=True))
     log.info("Unlearning %s with %d shot(s) per concept", ", ".join(c.name for c in concepts), cfg.shots)
     backend = instantiate(cfg.model.backend)
@@ -136,6 +136,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     save_text_encoder(module.text_encoder, out_dir / "text_encoder", final)
     unlearn_s = time.perf_counter() - t0
     if module.diverged_at_step is not None:
+        finish(logger)
         raise DivergenceError(
             f"the unlearning loss or a gradient became non-finite at step {module.diverged_at_step}; "
             f"the last finite encoder is saved in {out_dir / 'text_encoder'}. Lower optim.lr "
@@ -159,6 +160,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     if logger is not None:
         log_metrics(logger, metrics)
         log_media(logger, out_dir, records, before, after, samples)
+    finish(logger)
     # metrics.json is written last: its presence marks a finished run.
     write_json_atomic(out_dir / FINISHED_MARKER, metrics)
     log.info("Metrics: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})

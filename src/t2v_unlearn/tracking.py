@@ -32,3 +32,9 @@ def log_media(logger: Logger, out_dir: Path, fewshot_records, before, after, sam
         if phase.image_grid_path is not None:
             payload[f"images/{phase_name}"] = wandb.Image(str(phase.image_grid_path))
     logger.experiment.log(payload)
+
+
+def finish(logger: Logger | None) -> None:
+    """Close the W&B run, so that the next job of a multirun in this process starts its own."""
+    if isinstance(logger, WandbLogger):
+        logger.experiment.finish()

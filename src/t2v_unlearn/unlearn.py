@@ -19,7 +19,8 @@ def select_trainable(text_encoder: torch.nn.Module, trainable: str) -> list[str]
     """Return the names of the encoder parameters that `trainable` selects.
 
     Names follow transformers' `CLIPTextModel` (SD 1.x's CLIP ViT-L/14 and SD 2.x's OpenCLIP-H
-    alike): `text_model.encoder.layers.<i>.{self_attn,mlp,layer_norm1,layer_norm2}`.
+    alike): `[text_model.]encoder.layers.<i>.{self_attn,mlp,layer_norm1,layer_norm2}`, where
+    transformers 4 has the `text_model.` prefix and transformers 5 does not.
     `mlp_final_attn` is the MLP of every layer plus the last layer's self-attention.
     """
     names = [name for name, _ in text_encoder.named_parameters()]
