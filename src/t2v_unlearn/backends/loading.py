@@ -96,7 +96,7 @@ class ModelSource:
     root: Path | None
     revision: str | None
     cache_dir: str | None
-    # Names the model in messages, e.g. "the text-to-image model (SD 1.5)".
+    # Names the model in messages, e.g. "the SD 1.5 text-to-image model".
     label: str
     # The published Hub id, for the download command in error messages.
     hub_id: str
@@ -142,8 +142,14 @@ class ModelSource:
 
 
 def how_to_get(hub_id: str, spec: str, revision: str | None, components: list[Component], option: str) -> str:
-    """Return the commands that download a repository into a local folder and select it."""
-    local_dir = spec if looks_like_local_path(spec) else f"/path/to/{hub_id.split('/')[-1]}"
+    """Return the commands that download a repository into a local folder and select it.
+
+    A Hub id in `spec` is downloaded as given; for a local folder, the published `hub_id` is.
+    """
+    if looks_like_local_path(spec):
+        local_dir = spec
+    else:
+        hub_id, local_dir = spec, f"/path/to/{spec.split('/')[-1]}"
     revision_flag = f" --revision {revision}" if revision else ""
     names = ", ".join(c.name for c in components)
     return (

@@ -222,7 +222,7 @@ def build_animatediff_backend(
     )
     placement = resolve_placement(device, dtype, reference_sampling)
     sd_source, adapter_source = resolve_sources(
-        dict(spec=sd_path, components=TEXT_TO_IMAGE_COMPONENTS, label="the text-to-image model (SD 1.5)",
+        dict(spec=sd_path, components=TEXT_TO_IMAGE_COMPONENTS, label="the SD 1.5 text-to-image model",
              option="model.backend.sd_path", hub_id=SD15_HUB_ID, revision=revision, cache_dir=cache_dir),
         dict(spec=motion_adapter_path, components=MOTION_ADAPTER_COMPONENTS, label="the AnimateDiff motion adapter",
              option="model.backend.motion_adapter_path", hub_id=ANIMATEDIFF_ADAPTER_HUB_ID,
@@ -299,9 +299,9 @@ def build_modelscope_backend(
     """
     placement = resolve_placement(device, dtype, reference_sampling)
     sd_source, video_source = resolve_sources(
-        dict(spec=sd_path, components=TEXT_TO_IMAGE_COMPONENTS, label="the text-to-image model (SD 2.1-base)",
+        dict(spec=sd_path, components=TEXT_TO_IMAGE_COMPONENTS, label="the SD 2.1-base text-to-image model",
              option="model.backend.sd_path", hub_id=SD21_BASE_HUB_ID, revision=revision, cache_dir=cache_dir),
-        dict(spec=video_path, components=TEXT_TO_VIDEO_COMPONENTS, label=f"the text-to-video model ({name})",
+        dict(spec=video_path, components=TEXT_TO_VIDEO_COMPONENTS, label=f"the {name} text-to-video model",
              option="model.backend.video_path", hub_id=video_hub_id, revision=video_revision, cache_dir=cache_dir),
     )
     parts = load_text_to_image(sd_source, placement)
