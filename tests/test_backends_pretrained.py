@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -457,3 +459,34 @@ def test_real_size_encoders_share_architecture():
     modelscope = build_on_meta(CLIPTextModel, "modelscope/text_encoder.json")
 
     assert encoder_config(sd21) == encoder_config(modelscope)
+
+
+# --- The whole job on a real config ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["animatediff", "modelscope"])
+def test_job_runs_with_real_config_on_tiny_repos(model, repos, tmp_path):
+    paths = {
+        "animatediff": [f"model.backend.sd_path={repos['sd15']}",
+                        f"model.backend.motion_adapter_path={repos['motion_adapter']}"],
+        "modelscope": [f"model.backend.sd_path={repos['sd21_base']}",
+                       f"model.backend.video_path={repos['modelscope']}"],
+    }
+    tiny_calls = ["++model.backend.image_kwargs={height:32,width:32,num_inference_steps:2}",
+                  "++model.backend.video_kwargs={height:32,width:32,num_frames:4,num_inference_steps:2}"]
+    # The tiny random open_clip model that ships with the package, so nothing downloads.
+    tiny_clip = ["model.backend.clip.model_name=t2v-unlearn-tiny-clip", "model.backend.clip.pretrained=null",
+                 "+model.backend.clip.seed=0"]
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "T2V_UNLEARN_CACHE": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "train.py", f"model={model}", *paths[model], "model.backend.device=cpu",
+               *tiny_calls, *tiny_clip, "concept=eiffel", "shots=2", "epochs=1", "eval.seeds_per_prompt=1",
+               "logger=none", f"hydra.run.dir={run_dir}"]
+
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "metrics.json").is_file()
+    assert (run_dir / "text_encoder").is_dir()

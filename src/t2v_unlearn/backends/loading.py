@@ -50,8 +50,8 @@ class Component:
         if not folder.is_dir():
             return f"folder {folder} not found"
         if not any(all((folder / name).is_file() for name in group) for group in self.required_files):
-            wanted = " or ".join(" + ".join(group) for group in self.required_files)
-            return f"{wanted} not found in {folder}"
+            expected = " or ".join(" + ".join(group) for group in self.required_files)
+            return f"{expected} not found in {folder}"
         if self.needs_weights and not weight_files(folder):
             return f"no weight file (*.safetensors or *.bin) in {folder}"
         return None
@@ -81,13 +81,16 @@ def hub_offline() -> bool:
 
 
 def looks_like_local_path(path: str) -> bool:
-    """A Hub id is `owner/name`; anything with a leading `/`, `.` or `~`, or deeper nesting, is a folder."""
+    """Return whether `path` names a local folder rather than a Hub id (`owner/name`).
+
+    An existing path, a leading `/`, `.` or `~`, or more than one `/` marks a folder.
+    """
     return os.path.exists(path) or path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path
 
 
 @dataclass
 class ModelSource:
-    """Where one repository's components load from, resolved before loading."""
+    """Location of one repository's components, resolved before loading."""
 
     # The path or Hub id the user passed.
     spec: str
@@ -241,7 +244,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device={device} requested but CUDA is not available; pass device=auto or cpu")
+        raise ModelLoadError(f"device={device} is invalid because CUDA is not available; pass device=auto or cpu")
     return resolved
 
 

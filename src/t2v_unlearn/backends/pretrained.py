@@ -5,10 +5,13 @@ model that reads prompts through that same encoder:
 
 - AnimateDiff adds a motion adapter to the SD 1.5 UNet, and the `AnimateDiffPipeline` is built
   from the very tokenizer, text encoder and VAE objects of the SD 1.5 pipeline.
-- ModelScope text-to-video 1.7B and Zeroscope v2 576w (a ModelScope fine-tune) ship their own copy
-  of the OpenCLIP ViT-H text encoder that SD 2.1 uses. The builder loads that copy, compares it with
-  SD 2.1-base's (config, tokenizer and a weight fingerprint) and only then puts SD 2.1's encoder
-  into the `TextToVideoSDPipeline`.
+- ModelScope text-to-video 1.7B and Zeroscope v2 576w (a ModelScope fine-tune) ship their own text
+  encoder with SD 2.1's architecture (the OpenCLIP ViT-H text tower, 23 layers). The builder loads
+  it, compares it with SD 2.1-base's (config, tokenizer and a weight fingerprint) and only then puts
+  SD 2.1's encoder into the `TextToVideoSDPipeline`.
+
+NOTE: the published configs and float32 file sizes of the SD 2.1-base and ModelScope encoders agree,
+but their weights were not compared here. If they differ, the check at load raises and lists how.
 
 Paths are local folders or Hub ids (see `loading`). The text encoder stays float32 because it is
 trained. The frozen UNets and VAEs are float16 on a GPU by default, so the pipelines cast the prompt
@@ -249,8 +252,8 @@ def build_animatediff_backend(
         scheduler=DDIMScheduler.from_config(parts.scheduler_config, **ANIMATEDIFF_SAMPLER),
     )
     if video_pipeline.text_encoder is not parts.text_encoder or video_pipeline.tokenizer is not parts.tokenizer:
-        raise RuntimeError("the AnimateDiff pipeline holds another text encoder or tokenizer than SD 1.5's; "
-                           "it must be built from the same objects")
+        raise RuntimeError("the AnimateDiff pipeline contains a different text encoder or tokenizer object "
+                           "than the SD 1.5 pipeline; build both pipelines from the same objects")
 
     video_model_id = adapter_source.model_id(MOTION_ADAPTER_COMPONENTS)
     log.info("Loaded AnimateDiff backend: %s + %s on %s (frozen %s)", parts.model_id, video_model_id,

@@ -3,8 +3,8 @@
 The unlearning changes the text-to-image model's encoder and then plugs it into the video model.
 That transfer assumes both models were trained on one encoder: the same architecture, weights and
 tokenizer. A video model trained with another encoder would read prompts through an encoder it
-never saw, so its videos no longer show what it learned and any drop in a concept says nothing about
-unlearning. This module compares the two encoders before the swap.
+never saw. Its videos would then no longer show what it learned, and a drop in a concept would be no
+evidence of unlearning. This module compares the two encoders before the swap.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Tiny random-weight SD 2.x + ModelScope/Zeroscope backends of the real classes: smoke tests only.
 
 They mirror the real SD 2.1-base + `TextToVideoSDPipeline` backends at a size that runs in seconds on
-a CPU: a `CLIPTextModel` with GELU (the OpenCLIP text tower's activation, where SD 1.x uses
-quick-GELU), a tokenizer that pads with "!" (token id 0) as SD 2.x's does, a 2D UNet with linear
-projections in its transformer blocks, and a `UNet3DConditionModel` for the video pipeline. The video
+a CPU. The `CLIPTextModel` uses GELU, the OpenCLIP text tower's activation (SD 1.x uses quick-GELU).
+The tokenizer pads with "!" (token id 0) as SD 2.x's does. The 2D UNet has linear projections in its
+transformer blocks, and a `UNet3DConditionModel` drives the video pipeline. The video
 model gets its own text encoder, which must pass the same shared-encoder check as the real backends
 before SD 2.x's encoder replaces it. Outputs are noise and the metrics mean nothing.
 """
