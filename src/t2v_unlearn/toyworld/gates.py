@@ -1,0 +1,252 @@
+"""Quality gates of the toy world, measured on the committed weights.
+
+    python scripts/toyworld_gates.py [--output gates.json]   # prints a table per concept
+
+1. Detector: accuracy per concept on fresh held-out renders (seeds never used in training).
+2. Generation: over the published prompts and every prompt of conf/concept/*.yaml, how often each
+   concept is detected in generated images and videos when the prompt names it, and when it does not.
+3. Speed: seconds per generated image and per video at the backend's default settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from t2v_unlearn.toyworld.grammar import concept_keys, load_world, parse_caption
+
+logger = logging.getLogger("t2v_unlearn.toyworld.gates")
+
+# Thresholds of the gates and sample sizes of the measurement.
+GATES = {"detector_accuracy": 0.98, "named_detected": 0.90, "unnamed_detected": 0.05}
+SAMPLES = {"heldout_renders": 3000, "image_seeds": 4, "video_seeds": 2, "heldout_seed": 10_000_019}
+QUICK_SAMPLES = {"heldout_renders": 300, "image_seeds": 1, "video_seeds": 1, "heldout_seed": 10_000_019}
+# A video shows a concept when the detector finds it in at least this share of its frames.
+VIDEO_FRAME_SHARE = 0.5
+
+
+def default_concept_dir() -> Path:
+    """Return the repository's conf/concept folder (this file is src/t2v_unlearn/toyworld/gates.py)."""
+    return Path(__file__).resolve().parents[3] / "conf" / "concept"
+
+
+def gate_prompts(concept_dir: str | Path | None = None) -> list[str]:
+    """Return the published prompts and every image, eval and preserve prompt of the concept configs."""
+    prompts = list(load_world()["published_prompts"])
+    directory = Path(concept_dir) if concept_dir is not None else default_concept_dir()
+    for path in sorted(directory.glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text()) or {}
+        prompts += list(spec.get("image_prompts") or []) + list(spec.get("eval_prompts") or [])
+        prompts += [entry["prompt"] for entry in spec.get("preserve_prompts") or []]
+    return list(dict.fromkeys(prompts))
+
+
+def detector_accuracy(judge, count: int, seed: int) -> dict:
+    """Return per-concept accuracy of the judge on `count` fresh renders."""
+    from t2v_unlearn.toyworld.data import make_image_set
+
+    heldout = make_image_set(count, seed, size=judge.model.image_size)
+    detected = judge.detect_all(heldout["images"])
+    truth = heldout["labels"] > 0.5
+    return {key: float((detected[key] == truth[:, i]).mean()) for i, key in enumerate(concept_keys())}
+
+
+def _detection_rates(named: list[frozenset], detected: dict[str, np.ndarray]) -> dict:
+    """Per concept: share detected where the prompt names it, and where it does not."""
+    rates = {}
+    for key, hits in detected.items():
+        mask = np.asarray([key in names for names in named])
+        rates[key] = {
+            "named": float(hits[mask].mean()) if mask.any() else None,
+            "named_count": int(mask.sum()),
+            "unnamed": float(hits[~mask].mean()) if (~mask).any() else None,
+        }
+    return rates
+
+
+def generation_rates(backend, judge, prompts: list[str], image_seeds: int, video_seeds: int) -> dict:
+    """Generate images and videos for each prompt and measure detection rates and timing."""
+    named = [parse_caption(prompt).concepts() for prompt in prompts]
+
+    image_prompts = [p for p in prompts for _ in range(image_seeds)]
+    image_seed_list = [s for _ in prompts for s in range(image_seeds)]
+    started = time.time()
+    images = backend.generate_images(image_prompts, image_seed_list, desc="gate images")
+    image_seconds = (time.time() - started) / len(image_prompts)
+
+    video_prompts = [p for p in prompts for _ in range(video_seeds)]
+    video_seed_list = [s for _ in prompts for s in range(video_seeds)]
+    started = time.time()
+    videos = backend.generate_videos(video_prompts, video_seed_list, desc="gate videos")
+    video_seconds = (time.time() - started) / len(video_prompts)
+
+    image_named = [names for names in named for _ in range(image_seeds)]
+    video_named = [names for names in named for _ in range(video_seeds)]
+    n, f = videos.shape[:2]
+    frame_hits = judge.detect_all(videos.reshape(n * f, *videos.shape[2:]))
+    video_hits = {key: hits.reshape(n, f).mean(axis=1) >= VIDEO_FRAME_SHARE for key, hits in frame_hits.items()}
+    frame_named = [names for names in video_named for _ in range(f)]
+
+    per_prompt = []
+    image_hits = judge.detect_all(images)
+    for index, prompt in enumerate(prompts):
+        rows = slice(index * image_seeds, (index + 1) * image_seeds)
+        video_rows = slice(index * video_seeds, (index + 1) * video_seeds)
+        per_prompt.append({
+            "prompt": prompt,
+            "named": sorted(named[index]),
+            "images_detected": {key: float(image_hits[key][rows].mean()) for key in image_hits
+                                if image_hits[key][rows].any() or key in named[index]},
+            "videos_detected": {key: float(video_hits[key][video_rows].mean()) for key in video_hits
+                                if video_hits[key][video_rows].any() or key in named[index]},
+        })
+    return {
+        "images": _detection_rates(image_named, image_hits),
+        "videos": _detection_rates(video_named, video_hits),
+        "video_frames": _detection_rates(frame_named, frame_hits),
+        "per_prompt": per_prompt,
+        "seconds_per_image": image_seconds,
+        "seconds_per_video": video_seconds,
+        "num_images": len(image_prompts),
+        "num_videos": len(video_prompts),
+    }
+
+
+def _summarise(rates: dict) -> dict:
+    named = {k: v["named"] for k, v in rates.items() if v["named"] is not None}
+    unnamed = {k: v["unnamed"] for k, v in rates.items() if v["unnamed"] is not None}
+    worst_named = min(named, key=named.get)
+    worst_unnamed = max(unnamed, key=unnamed.get)
+    return {
+        "min_named": named[worst_named], "min_named_concept": worst_named,
+        "max_unnamed": unnamed[worst_unnamed], "max_unnamed_concept": worst_unnamed,
+        "passed": named[worst_named] >= GATES["named_detected"] and unnamed[worst_unnamed] <= GATES["unnamed_detected"],
+    }
+
+
+def measure_gates(weights_dir: str | None = None, quick: bool = False, concept_dir: str | None = None) -> dict:
+    """Measure every gate on the weights in `weights_dir` (default: the committed ones)."""
+    from t2v_unlearn.backends.toyworld import build_toyworld_backend
+    from t2v_unlearn.judges.detector import ToyWorldDetectorJudge
+
+    samples = QUICK_SAMPLES if quick else SAMPLES
+    backend = build_toyworld_backend(weights_dir)
+    judge = ToyWorldDetectorJudge(str(Path(weights_dir) / "detector") if weights_dir else None)
+    accuracy = detector_accuracy(judge, samples["heldout_renders"], samples["heldout_seed"])
+    prompts = gate_prompts(concept_dir)
+    generation = generation_rates(backend, judge, prompts, samples["image_seeds"], samples["video_seeds"])
+    result = {
+        "gates": GATES,
+        "samples": samples,
+        "torch_threads": torch.get_num_threads(),
+        "num_prompts": len(prompts),
+        "detector_accuracy": accuracy,
+        "detector_passed": min(accuracy.values()) >= GATES["detector_accuracy"],
+        "generation": generation,
+        "images_summary": _summarise(generation["images"]),
+        "videos_summary": _summarise(generation["videos"]),
+        "video_frames_summary": _summarise(generation["video_frames"]),
+    }
+    # The main job generates about 20 images and 20 videos before and again after unlearning.
+    result["main_job_generation_seconds"] = 2 * 20 * (generation["seconds_per_image"] + generation["seconds_per_video"])
+    return result
+
+
+def format_table(result: dict) -> str:
+    """Return the gate results as a Markdown table per concept plus a summary."""
+    generation = result["generation"]
+    lines = ["| concept | detector accuracy | images named | images unnamed | videos named | videos unnamed |",
+             "|---|---|---|---|---|---|"]
+
+    def cell(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    for key in concept_keys():
+        image, video = generation["images"][key], generation["videos"][key]
+        lines.append(f"| {key} | {result['detector_accuracy'][key]:.4f} | {cell(image['named'])} "
+                     f"({image['named_count']}) | {cell(image['unnamed'])} | {cell(video['named'])} "
+                     f"({video['named_count']}) | {cell(video['unnamed'])} |")
+    summary = []
+    for name in ("images", "videos", "video_frames"):
+        s = result[f"{name}_summary"]
+        summary.append(f"- {name}: min named {s['min_named']:.3f} ({s['min_named_concept']}), max unnamed "
+                       f"{s['max_unnamed']:.3f} ({s['max_unnamed_concept']}): {'PASS' if s['passed'] else 'FAIL'}")
+    summary.append(f"- detector: min accuracy {min(result['detector_accuracy'].values()):.4f}: "
+                   f"{'PASS' if result['detector_passed'] else 'FAIL'}")
+    summary.append(f"- {generation['seconds_per_image']:.3f} s per image, {generation['seconds_per_video']:.3f} s "
+                   f"per video ({result['torch_threads']} torch threads); 20 images + 20 videos before and after: "
+                   f"{result['main_job_generation_seconds']:.0f} s")
+    return "\n".join(lines + [""] + summary)
+
+
+def write_model_card(path: Path, config: dict, metrics: dict, gates: dict) -> None:
+    """Write MODEL_CARD.md from the training config, the stage metrics and the gate results."""
+    data = metrics.get("data", {})
+    total = sum(m.get("seconds", 0.0) for m in metrics.values() if isinstance(m, dict))
+    rows = []
+    for stage in ("data", "vae", "latents", "detector", "clip", "unet", "motion"):
+        m = metrics.get(stage, {})
+        losses = (f"{m['first_loss']:.4f} -> {m['final_loss']:.4f}" if "first_loss" in m else "-")
+        params = m.get("parameters") or m.get("unet_parameters") or m.get("trainable_parameters")
+        rows.append(f"| {stage} | {m.get('steps', '-')} | {params or '-'} | {losses} | {m.get('seconds', 0):.0f} |")
+    text = f"""# Toy-world models
+
+Small models of the real architecture classes (CLIPTextModel, UNet2DConditionModel, AutoencoderKL,
+AnimateDiff MotionAdapter, open_clip CLIP, a CNN detector), trained from scratch on the procedurally
+rendered toy world of `t2v_unlearn.toyworld` by `python -m t2v_unlearn.toyworld.train` (`make toyworld`).
+Weights are stored as fp16 safetensors (the detector in fp32) and run in fp32.
+
+## Data
+- {data.get('train_images', '?')} rendered training images, {data.get('train_clips', '?')} clips of
+  {config['num_frames']} frames, {data.get('heldout_images', '?')} held-out images; {config['image_size']}x{config['image_size']} RGB.
+- Captions are sampled anew at every step from the caption grammar (`world.yaml`); 10% are empty for
+  classifier-free guidance. Held out of training: the quality suffix "ultra quality", two object
+  templates, one style template and the last paraphrase of each concept.
+
+## Training (seed {config['seed']}; losses are means of the first and last 50 steps)
+| stage | steps | parameters | loss | seconds |
+|---|---|---|---|---|
+{chr(10).join(rows)}
+
+Total: {total / 60:.0f} minutes of wall time on a 2-core CPU shared with other jobs (one torch thread
+per process, the detector and CLIP stages in parallel with the UNet stage).
+VAE held-out reconstruction MSE (on [-1, 1]): {metrics.get('vae', {}).get('heldout_mse', float('nan')):.5f};
+latent scaling factor {metrics.get('vae', {}).get('scaling_factor', float('nan')):.4f}.
+
+Sizes: {json.dumps({k: config[k] for k in ('vae', 'text_encoder', 'unet', 'motion_adapter', 'clip', 'detector')})}
+
+## Quality gates (`python scripts/toyworld_gates.py`)
+Detector accuracy on {gates['samples']['heldout_renders']} fresh renders; generation over {gates['num_prompts']}
+prompts (published and conf/concept/*.yaml) with {gates['samples']['image_seeds']} image seeds and
+{gates['samples']['video_seeds']} video seeds each, 20 DDIM steps, guidance 5. "named": share of
+generations whose prompt names the concept in which it is detected (count of generations in brackets);
+"unnamed": share of the others in which it is detected. A video shows a concept when it is
+detected in at least half of its frames. Gates: detector >= {GATES['detector_accuracy']}, named >=
+{GATES['named_detected']}, unnamed <= {GATES['unnamed_detected']}.
+
+{format_table(gates)}
+"""
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Measure the toy world's quality gates.")
+    parser.add_argument("--weights", default=None, help="weights folder (default: the committed weights)")
+    parser.add_argument("--quick", action="store_true", help="one seed per prompt and 300 renders (a minute)")
+    parser.add_argument("--output", default=None, help="JSON file for the full results (default: none)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = measure_gates(args.weights, quick=args.quick)
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    print(format_table(result))
