@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from t2v_unlearn.concepts import PromptTemplates, evaluation_items, load_concepts
 from t2v_unlearn.data import LatentPromptDataset, UnlearningDataModule, encode_images, random_latents
 from t2v_unlearn.evaluate import EvalSettings, expand, per_sample_records, phase_metrics, run_phase
+from t2v_unlearn.early_stopping import JudgeEarlyStopping
 from t2v_unlearn.export import SaveTextEncoderEachEpoch, save_text_encoder
 from t2v_unlearn.fewshot import collect_fewshot
 from t2v_unlearn.hydra_callbacks import FINISHED_MARKER, check_run_dir
@@ -52,15 +54,33 @@ def build_latents(backend, images_by_concept: dict[str, np.ndarray], concepts, s
     return torch.cat(latents), concept_index
 
 
-def retain_prompts(concepts) -> list[str]:
-    """The empty prompt (classifier-free guidance runs it through the same encoder) and the
-    preservation prompts that name no unlearned concept."""
-    targets = {c.key for c in concepts}
+def retain_prompts(concepts, generic_prompts=(), include_similar: bool = False) -> list[str]:
+    """Return the retain prompts, the empty prompt first.
+
+    The empty prompt is always in: classifier-free guidance runs it through the same encoder. Then
+    come the preservation prompts and the generic captions, minus any that name an unlearned
+    concept, and minus the preservation prompts of the concepts' similar concepts unless
+    `include_similar` (so leakage to them stays measurable).
+    """
+    target_keys = {c.key for c in concepts}
+    names = [c.name.lower() for c in concepts] + [p.lower() for c in concepts for p in c.paraphrases]
+    excluded = set(target_keys)
+    if not include_similar:
+        excluded |= {key for c in concepts for key in c.similar}
     prompts = [""]
-    for concept in concepts:
-        prompts += [p.prompt for p in concept.preserve_prompts
-                    if p.concept not in targets and p.concept not in concept.similar and p.prompt not in prompts]
+    candidates = [p.prompt for c in concepts for p in c.preserve_prompts if p.concept not in excluded]
+    candidates += list(generic_prompts)
+    for prompt in candidates:
+        if prompt not in prompts and not any(name in prompt.lower() for name in names):
+            prompts.append(prompt)
     return prompts
+
+
+def _config_choice(group: str) -> str | None:
+    """Return the option chosen for a config group (e.g. method=retain), when Hydra composed the run."""
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)
 
 
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
@@ -108,8 +128,11 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         tokenizer=backend.tokenizer,
         optimizer=instantiate(cfg.optim),
         trainable=cfg.trainable,
-        retain_weight=float(cfg.retain_weight),
-        retain_prompts=retain_prompts(concepts) if cfg.retain_weight > 0 else (),
+        retain_weight=float(cfg.retain.weight),
+        retain_prompts=retain_prompts(concepts, cfg.retain.generic_prompts, bool(cfg.retain.include_similar)),
+        retain_batch_size=int(cfg.retain.batch_size),
+        retain_space=str(cfg.retain.space),
+        concept_names=[c.name for c in concepts],
     )
     provenance = {
         "concepts": [c.key for c in concepts],
@@ -118,21 +141,29 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "epochs": int(cfg.epochs),
         "batch_size": int(cfg.batch_size),
         "trainable": cfg.trainable,
-        "retain_weight": float(cfg.retain_weight),
+        "retain": OmegaConf.to_container(cfg.retain, resolve=True),
+        "method": _config_choice("method"),
         "optimizer": OmegaConf.to_container(cfg.optim, resolve=True),
         "base_model_id": backend.model_id,
         "backend": backend.name,
         "seed": int(cfg.seed),
         "fewshot_seed": int(cfg.fewshot_seed),
     }
-    trainer = instantiate(cfg.trainer, logger=logger if logger is not None else False,
-                          callbacks=[SaveTextEncoderEachEpoch(out_dir, provenance)],
+    callbacks = [SaveTextEncoderEachEpoch(out_dir, provenance)]
+    early_stopping = None
+    if cfg.early_stop.enabled:
+        early_stopping = JudgeEarlyStopping(backend, judge, items, threshold=float(cfg.early_stop.threshold),
+                                            seeds=int(cfg.early_stop.seeds_per_prompt))
+        # Before the saving callback, so the saved epoch folders see the decision.
+        callbacks.insert(0, early_stopping)
+    trainer = instantiate(cfg.trainer, logger=logger if logger is not None else False, callbacks=callbacks,
                           default_root_dir=str(out_dir))
     trainer.fit(module, datamodule=UnlearningDataModule(dataset, batch_size=int(cfg.batch_size)))
     module.text_encoder.eval()
     final = {**provenance, "epoch": trainer.current_epoch, "optimizer_steps": int(trainer.global_step),
              "expected_optimizer_steps": expected_optimizer_steps(len(dataset), int(cfg.batch_size), int(cfg.epochs)),
-             "diverged_at_step": module.diverged_at_step}
+             "diverged_at_step": module.diverged_at_step,
+             "early_stopped_epoch": early_stopping.stopped_epoch if early_stopping else None}
     save_text_encoder(module.text_encoder, out_dir / "text_encoder", final)
     unlearn_s = time.perf_counter() - t0
     if module.diverged_at_step is not None:
@@ -140,7 +171,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         raise DivergenceError(
             f"the unlearning loss or a gradient became non-finite at step {module.diverged_at_step}; "
             f"the last finite encoder is saved in {out_dir / 'text_encoder'}. Lower optim.lr "
-            f"(now {cfg.optim.lr}) or set retain_weight > 0, then run again in a new folder."
+            f"(now {cfg.optim.lr}) or use method=retain, then run again in a new folder."
         )
 
     # 4. The same prompts and seeds with the unlearned encoder.
@@ -155,6 +186,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "time/eval_s": eval_s,
         "time/total_s": time.perf_counter() - start,
         "train/optimizer_steps": int(trainer.global_step),
+        "train/epochs_run": int(trainer.current_epoch),
+        "train/early_stopped_epoch": early_stopping.stopped_epoch if early_stopping else None,
     })
     write_json_atomic(out_dir / "eval_samples.json", per_sample_records(samples, seeds, before, after))
     if logger is not None:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-TRAINABLE_CHOICES = ("all", "mlp", "attn", "mlp_final_attn")
+TRAINABLE_CHOICES = ("all", "mlp", "attn", "mlp_final_attn", "concept_tokens")
+RETAIN_SPACES = ("embedding", "unet")
 
 
 def select_trainable(text_encoder: torch.nn.Module, trainable: str) -> list[str]:
@@ -22,10 +23,14 @@ def select_trainable(text_encoder: torch.nn.Module, trainable: str) -> list[str]
     alike): `[text_model.]encoder.layers.<i>.{self_attn,mlp,layer_norm1,layer_norm2}`, where
     transformers 4 has the `text_model.` prefix and transformers 5 does not.
     `mlp_final_attn` is the MLP of every layer plus the last layer's self-attention.
+    `concept_tokens` is the token-embedding table; the module then keeps every row except the
+    concept's own tokens fixed.
     """
     names = [name for name, _ in text_encoder.named_parameters()]
     if trainable == "all":
         return names
+    if trainable == "concept_tokens":
+        return [n for n in names if n.endswith("token_embedding.weight")]
     if trainable == "mlp":
         selected = [n for n in names if ".mlp." in n]
     elif trainable == "attn":
@@ -58,11 +63,14 @@ class DivergenceError(RuntimeError):
 class TextEncoderUnlearning(pl.LightningModule):
     """Maximise the latent-diffusion loss of the concept images by changing only the text encoder.
 
-    loss = -MSE(target, unet(noisy_latents, t, text_encoder(prompt)))
-           + retain_weight * mean over retain prompts of MSE(E(p), E_0(p))
+    loss = -MSE(target, unet(noisy_latents, t, E(prompt))) + retain_weight * retain
 
-    with t uniform over the scheduler's training timesteps. The retain term is off
-    (retain_weight = 0) in the published recipe; E_0 is the frozen original encoder.
+    with t uniform over the scheduler's training timesteps and E the text encoder. The retain term
+    is off (retain_weight = 0) in the published recipe. It holds the encoder in place on retain
+    prompts (the empty prompt first), against the frozen original encoder E_0:
+    - `retain_space="embedding"`: MSE(E(p), E_0(p)) on the last hidden states;
+    - `retain_space="unet"`: MSE(unet(x_t, t, E(p)), unet(x_t, t, E_0(p))) on random noisy latents,
+      which weighs the drift by how much the UNet reacts to it.
     """
 
     def __init__(
@@ -77,6 +85,8 @@ class TextEncoderUnlearning(pl.LightningModule):
         retain_weight: float = 0.0,
         retain_prompts: Sequence[str] = (),
         retain_batch_size: int = 8,
+        retain_space: str = "embedding",
+        concept_names: Sequence[str] = (),
     ):
         super().__init__()
         self.text_encoder = text_encoder
@@ -89,6 +99,9 @@ class TextEncoderUnlearning(pl.LightningModule):
         self.retain_weight = float(retain_weight)
         self.retain_prompts = list(retain_prompts)
         self.retain_batch_size = retain_batch_size
+        if retain_space not in RETAIN_SPACES:
+            raise ValueError(f"retain.space='{retain_space}' is not supported; use one of {list(RETAIN_SPACES)}")
+        self.retain_space = retain_space
         # Set when a non-finite loss or gradient stopped training; the encoder then holds the
         # parameters of the last finite step.
         self.diverged_at_step: int | None = None
@@ -100,9 +113,14 @@ class TextEncoderUnlearning(pl.LightningModule):
         for name in self.trainable_names:
             params[name].requires_grad_(True)
 
+        self._token_mask: torch.Tensor | None = None
+        self._original_embeddings: torch.Tensor | None = None
+        if trainable == "concept_tokens":
+            self._setup_concept_tokens(concept_names)
+
         if self.retain_weight > 0 and not self.retain_prompts:
-            raise ValueError("retain_weight > 0 needs retain prompts; pass method.retain_prompts or set "
-                             "retain_weight=0")
+            raise ValueError("retain.weight > 0 needs retain prompts; the job passes the empty prompt and the "
+                             "preservation prompts, so check the concept configs or set retain.weight=0")
         self._retain_targets: torch.Tensor | None = None
         if self.retain_weight > 0:
             # E_0 is frozen, so its hidden states for the retain prompts are computed once.
@@ -110,6 +128,27 @@ class TextEncoderUnlearning(pl.LightningModule):
                 self._retain_targets = self.encode(self.retain_prompts).detach().cpu()
 
     # ---- Lightning wiring -------------------------------------------------------------------
+
+    def _setup_concept_tokens(self, concept_names: Sequence[str]) -> None:
+        if not concept_names:
+            raise ValueError("trainable=concept_tokens needs the concept names to find their tokens")
+        ids = self.tokenizer(list(concept_names), add_special_tokens=False).input_ids
+        token_ids = sorted({i for row in ids for i in row})
+        embedding = self.text_encoder.get_input_embeddings().weight
+        self._token_mask = torch.zeros(embedding.shape[0], dtype=torch.bool)
+        self._token_mask[token_ids] = True
+        self._original_embeddings = embedding.detach().clone()
+        log.info("trainable=concept_tokens: %d embedding rows can change (token ids %s)", len(token_ids), token_ids)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self._token_mask is None:
+            return
+        # Adam's weight decay and momentum move rows whose gradient is zero, so the rows of every
+        # other token are copied back after each step: only the concept's own rows change.
+        embedding = self.text_encoder.get_input_embeddings().weight
+        keep = ~self._token_mask.to(embedding.device)
+        with torch.no_grad():
+            embedding[keep] = self._original_embeddings.to(embedding.device, embedding.dtype)[keep]
 
     def train(self, mode: bool = True):
         # The frozen UNet stays in eval mode: training mode would turn on any dropout it has.
@@ -145,15 +184,39 @@ class TextEncoderUnlearning(pl.LightningModule):
                                encoder_hidden_states=encoder_hidden_states.to(unet_dtype)).sample
         return F.mse_loss(noise_pred.float(), target.float(), reduction="mean")
 
-    def retain_loss(self) -> torch.Tensor:
-        """Return the mean squared drift of the encoder's hidden states on a batch of retain prompts."""
+    def retain_loss(self, latent_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Return the drift of the encoder from E_0 on a random batch of retain prompts.
+
+        In the embedding space it is the MSE of the last hidden states; in the UNet space, the MSE
+        of the UNet's predictions on random noisy latents of `latent_shape` `(c, h, w)`.
+        """
         if self._retain_targets is None:
             return torch.zeros((), device=self.device)
+        # The first retain prompt (the empty prompt, which classifier-free guidance encodes on every
+        # sampling step) is in every batch; the others are drawn at random.
         count = len(self.retain_prompts)
-        index = torch.randperm(count)[: min(self.retain_batch_size, count)]
+        others = torch.randperm(count - 1)[: max(0, min(self.retain_batch_size, count) - 1)] + 1
+        index = torch.cat([torch.zeros(1, dtype=torch.long), others])
         prompts = [self.retain_prompts[i] for i in index.tolist()]
         hidden = self.encode(prompts).float()
-        return F.mse_loss(hidden, self._retain_targets[index].to(hidden.device).float())
+        original = self._retain_targets[index].to(hidden.device).float()
+        if self.retain_space == "embedding":
+            return F.mse_loss(hidden, original)
+
+        if latent_shape is None:
+            raise ValueError("the UNet-space retain term needs the latent shape")
+        latents = torch.randn((len(prompts), *latent_shape), device=self.device)
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (len(prompts),),
+                                  device=self.device).long()
+        noisy_latents = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        unet_dtype = next(self.unet.parameters()).dtype
+        prediction = self.unet(noisy_latents.to(unet_dtype), timesteps,
+                               encoder_hidden_states=hidden.to(unet_dtype)).sample
+        with torch.no_grad():
+            reference = self.unet(noisy_latents.to(unet_dtype), timesteps,
+                                  encoder_hidden_states=original.to(unet_dtype)).sample
+        return F.mse_loss(prediction.float(), reference.float())
 
     def training_step(self, batch: dict, batch_idx: int):
         latents = batch["latents"].to(self.device)  # (b, c, h, w)
@@ -164,7 +227,7 @@ class TextEncoderUnlearning(pl.LightningModule):
         mse = self.diffusion_mse(latents, encoder_hidden_states, noise, timesteps)
         loss = -mse
         if self.retain_weight > 0:
-            retain = self.retain_loss()
+            retain = self.retain_loss(tuple(latents.shape[1:]))
             loss = loss + self.retain_weight * retain
             self.log("train/retain", retain.detach(), on_step=True, batch_size=len(latents))
 
