@@ -24,11 +24,20 @@ from diffusers import (
     UNet3DConditionModel,
     UNetMotionModel,
 )
+from huggingface_hub import HfApi
+from huggingface_hub.errors import RepositoryNotFoundError
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from t2v_unlearn.backends.loading import ModelLoadError, resolve_device, resolve_frozen_dtype
+from t2v_unlearn.backends.loading import (
+    TEXT_TO_IMAGE_COMPONENTS,
+    ModelLoadError,
+    check_tokenizer,
+    resolve_device,
+    resolve_frozen_dtype,
+    resolve_source,
+)
 from t2v_unlearn.backends.pretrained import (
     build_animatediff_backend,
     build_modelscope_backend,
@@ -49,6 +58,11 @@ from t2v_unlearn.backends.tiny_repos import (
 )
 from t2v_unlearn.backends.tiny_sd2 import tiny_sd2_text_encoder, tiny_sd2_tokenizer
 from t2v_unlearn.tokenizer import build_clip_tokenizer
+
+try:  # huggingface_hub's HTTP client: httpx2 in 2.x, httpx in 1.x.
+    import httpx2 as http_client
+except ImportError:
+    import httpx as http_client
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = Path(__file__).parent / "data" / "configs"
@@ -353,6 +367,64 @@ def test_offline_partial_cache_names_missing(repos, tmp_path):
 
     assert "- text_encoder: folder" in str(error.value)
     assert "- unet:" not in str(error.value)
+
+
+def refuse_connection(*args, **kwargs):
+    raise http_client.ConnectError("[Errno 111] Connection refused")
+
+
+def test_hub_unreachable_loads_from_cache(repos, tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(HfApi, "model_info", refuse_connection)
+    cache = tmp_path / "hf_cache"
+    write_hub_cache(cache, "example-org/sd15", repos["sd15"], "d" * 40)
+    write_hub_cache(cache, "example-org/adapter", repos["motion_adapter"], "e" * 40)
+
+    with caplog.at_level(logging.WARNING, logger="t2v_unlearn.backends.loading"):
+        backend = build_animatediff_backend(sd_path="example-org/sd15", motion_adapter_path="example-org/adapter",
+                                            cache_dir=str(cache), device="cpu")
+
+    assert "the Hub could not be reached" in caplog.text
+    assert backend.model_id == f"example-org/sd15@{'d' * 40} + example-org/adapter@{'e' * 40}"
+
+
+def test_hub_unreachable_not_cached(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(HfApi, "model_info", refuse_connection)
+
+    with pytest.raises(ModelLoadError) as error:
+        build_animatediff_backend(sd_path="example-org/sd15", motion_adapter_path="example-org/adapter",
+                                  cache_dir=str(tmp_path / "hf_cache"), device="cpu")
+
+    message = str(error.value)
+    assert "the Hub could not be reached (ConnectError" in message
+    for component in (*SD_COMPONENTS, "motion_adapter"):
+        assert component in message
+    assert "hf download example-org/sd15 --local-dir" in message
+
+
+def test_hub_repository_not_found(tmp_path, monkeypatch):
+    def not_found(*args, **kwargs):
+        request = http_client.Request("GET", "https://hub.invalid/api/models/example-org/typo")
+        raise RepositoryNotFoundError("404 Repository Not Found",
+                                      response=http_client.Response(404, request=request))
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(HfApi, "model_info", not_found)
+
+    with pytest.raises(ModelLoadError, match="example-org/typo .model.backend.sd_path. was not found on the Hub"):
+        build_animatediff_backend(sd_path="example-org/typo", motion_adapter_path="example-org/adapter",
+                                  cache_dir=str(tmp_path / "hf_cache"), device="cpu")
+
+
+def test_tokenizer_vocabulary_mismatch_rejected(repos):
+    source = resolve_source(str(repos["sd15"]), TEXT_TO_IMAGE_COMPONENTS, label="the SD 1.5 text-to-image model",
+                            option="model.backend.sd_path", hub_id="stable-diffusion-v1-5/stable-diffusion-v1-5")
+    encoder = CLIPTextModel(CLIPTextConfig(vocab_size=100, hidden_size=8, intermediate_size=16,
+                                           num_hidden_layers=1, num_attention_heads=2))
+
+    with pytest.raises(ModelLoadError, match="has 49408 tokens but its text encoder embeds 100"):
+        check_tokenizer(build_clip_tokenizer(), encoder, source)
 
 
 def test_model_id_changes_with_weights(repos, tmp_path):

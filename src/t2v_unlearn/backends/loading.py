@@ -11,6 +11,7 @@ downloads on import; a download happens only when a builder loads a Hub id with 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from huggingface_hub import try_to_load_from_cache
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub import HfApi, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
 log = logging.getLogger(__name__)
 
+# Seconds to wait for the Hub's response to the repository check before falling back to the cache.
+HUB_TIMEOUT_S = 10.0
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 
 
@@ -75,6 +78,21 @@ TEXT_TO_VIDEO_COMPONENTS = (TOKENIZER, TEXT_ENCODER, UNET, VAE, SCHEDULER)
 MOTION_ADAPTER_COMPONENTS = (MOTION_ADAPTER,)
 
 
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """Return the exception classes of a failed connection to the Hub.
+
+    huggingface_hub raises its HTTP client's errors (httpx2 in 2.x, httpx in 1.x, requests before,
+    whose errors subclass OSError) when no connection can be made.
+    """
+    errors: list[type[BaseException]] = [OSError]
+    for module_name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module_name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
 def hub_offline() -> bool:
     """Return whether `HF_HUB_OFFLINE` is set to a true value now (huggingface_hub reads it only at import)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
@@ -105,6 +123,8 @@ class ModelSource:
     hub_id: str
     # The config key that sets the path, e.g. "model.backend.sd_path".
     option: str
+    # Every component the backend loads from this repository.
+    components: tuple[Component, ...] = ()
 
     @property
     def load_path(self) -> str:
@@ -119,12 +139,24 @@ class ModelSource:
         try:
             return loader(self.load_path, local_files_only=self.root is not None or hub_offline(), **kwargs)
         except (OSError, ValueError, EntryNotFoundError) as error:
+            message = f"failed to load the {component.name} of {self.label} from {self.load_path}: {error}\n"
+            missing = [component]
+            if self.root is None:
+                # Without network every later component fails too, so name all that the cache lacks.
+                missing = self.missing_from_cache() or missing
+                message += f"Not in the Hugging Face cache: {', '.join(c.name for c in missing)}.\n"
             raise ModelLoadError(
-                f"failed to load the {component.name} of {self.label} from {self.load_path}: {error}\n"
-                + how_to_get(self.hub_id, self.spec, self.revision, [component], self.option)
+                message + how_to_get(self.hub_id, self.spec, self.revision, missing, self.option)
             ) from error
 
-    def model_id(self, components: tuple[Component, ...]) -> str:
+    def missing_from_cache(self) -> list[Component]:
+        """Return the components of a Hub id that its cached snapshot lacks (all, without a snapshot)."""
+        snapshot = cached_snapshot(self.spec, self.revision, self.cache_dir, self.components)
+        if snapshot is None:
+            return list(self.components)
+        return [c for c in self.components if c.problem(snapshot) is not None]
+
+    def model_id(self) -> str:
         """Identify the weights: the Hub id and commit, or the folder and a digest of its files.
 
         The folder digest covers each component file's name, size and modification time. It is cheap
@@ -132,10 +164,10 @@ class ModelSource:
         of replaced weights (a copied, unchanged folder only costs a cache miss).
         """
         if not looks_like_local_path(self.spec):
-            commit = cached_commit(self.spec, self.revision, self.cache_dir, components)
+            commit = cached_commit(self.spec, self.revision, self.cache_dir, self.components)
             return f"{self.spec}@{commit or self.revision or 'main'}"
         digest = hashlib.sha256()
-        for component in components:
+        for component in self.components:
             folder = component.folder(self.root)
             for path in sorted(folder.iterdir()) if folder.is_dir() else []:
                 if path.is_file():
@@ -195,7 +227,7 @@ def resolve_source(spec: str, components: tuple[Component, ...], *, label: str, 
     `HF_HUB_OFFLINE` is set, and otherwise left to from_pretrained, which downloads what is missing.
     Raises `ModelLoadError` naming each missing component and the command that downloads it.
     """
-    source = ModelSource(spec, None, revision, cache_dir, label, hub_id, option)
+    source = ModelSource(spec, None, revision, cache_dir, label, hub_id, option, components)
     if not spec:
         raise ModelLoadError(f"{option} is empty; set it to a Hub id (e.g. {hub_id}) or a local folder of {label}")
     if looks_like_local_path(spec):
@@ -209,19 +241,47 @@ def resolve_source(spec: str, components: tuple[Component, ...], *, label: str, 
         check_components(source, components)
         return source
 
-    if not hub_offline():
-        return source
+    if hub_offline():
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        reason = hub_unreachable_reason(source)
+        if reason is None:
+            return source
+        log.warning("%s, so %s loads from the Hugging Face cache", reason, spec)
     source.root = cached_snapshot(spec, revision, cache_dir, components)
     if source.root is None:
         raise ModelLoadError(
-            f"HF_HUB_OFFLINE is set and {label} ({option}={spec}{'@' + revision if revision else ''}) "
+            f"{reason} and {label} ({option}={spec}{'@' + revision if revision else ''}) "
             f"is not in the Hugging Face cache, so none of its components "
             f"({', '.join(c.name for c in components)}) can load.\n"
             + how_to_get(hub_id, spec, revision, list(components), option)
-            + "\nor unset HF_HUB_OFFLINE so that the loader downloads it."
+            + "\nor run again with network access so that the loader downloads it."
         )
     check_components(source, components)
     return source
+
+
+def hub_unreachable_reason(source: ModelSource) -> str | None:
+    """Ask the Hub for the repository; return why it cannot be reached, or None when it can.
+
+    A missing or gated repository raises `ModelLoadError`. A failed connection returns a reason, so
+    the caller falls back to the cache instead of letting every from_pretrained call retry.
+    """
+    try:
+        HfApi().model_info(source.spec, revision=source.revision, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError as error:
+        raise ModelLoadError(
+            f"{source.spec} ({source.option}) is gated: accept its license on the Hub, log in with "
+            f"`hf auth login`, and run again. {error}"
+        ) from error
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        raise ModelLoadError(
+            f"{source.spec}{'@' + source.revision if source.revision else ''} ({source.option}) was not "
+            f"found on the Hub; check the id and revision, or pass a local folder. {error}"
+        ) from error
+    except transport_errors() as error:
+        return f"the Hub could not be reached ({type(error).__name__}: {error})"
+    return None
 
 
 def check_components(source: ModelSource, components: tuple[Component, ...]) -> None:
@@ -235,6 +295,23 @@ def check_components(source: ModelSource, components: tuple[Component, ...]) -> 
         f"{source.label} ({source.option}={source.spec}) is missing {len(missing)} component(s) "
         f"in {source.root}:\n{details}\n"
         + how_to_get(source.hub_id, source.spec, source.revision, [c for c, _ in missing], source.option)
+    )
+
+
+def check_tokenizer(tokenizer, text_encoder: torch.nn.Module, source: ModelSource) -> None:
+    """Raise `ModelLoadError` unless the tokenizer's vocabulary fits the text encoder's embedding table.
+
+    transformers 5.25 returns a 2-token tokenizer, without an error, when the tokenizer files of a Hub
+    id are missing, so a successful load alone proves nothing.
+    """
+    vocab_size = int(text_encoder.config.vocab_size)
+    if len(tokenizer) == vocab_size:
+        return
+    raise ModelLoadError(
+        f"the tokenizer of {source.label} ({source.load_path}) has {len(tokenizer)} tokens but its text "
+        f"encoder embeds {vocab_size}, so the tokenizer files (vocab.json and merges.txt, or "
+        f"tokenizer.json) are missing or belong to another model.\n"
+        + how_to_get(source.hub_id, source.spec, source.revision, [TOKENIZER], source.option)
     )
 
 

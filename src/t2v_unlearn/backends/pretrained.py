@@ -54,6 +54,7 @@ from t2v_unlearn.backends.loading import (
     VAE,
     ModelLoadError,
     ModelSource,
+    check_tokenizer,
     resolve_device,
     resolve_frozen_dtype,
     resolve_source,
@@ -163,11 +164,12 @@ def load_text_to_image(source: ModelSource, placement: Placement) -> TextToImage
     unet = source.from_pretrained(UNet2DConditionModel.from_pretrained, UNET, torch_dtype=placement.frozen_dtype)
     vae = source.from_pretrained(AutoencoderKL.from_pretrained, VAE, torch_dtype=placement.frozen_dtype)
     scheduler_config = source.from_pretrained(DDPMScheduler.load_config, SCHEDULER)
+    check_tokenizer(tokenizer, text_encoder, source)
     text_encoder.to(placement.device).eval()
     for module in (unet, vae):
         module.requires_grad_(False)
         module.to(placement.device).eval()
-    return TextToImageParts(source, source.model_id(TEXT_TO_IMAGE_COMPONENTS), tokenizer, text_encoder,
+    return TextToImageParts(source, source.model_id(), tokenizer, text_encoder,
                             unet, vae, dict(scheduler_config))
 
 
@@ -255,7 +257,7 @@ def build_animatediff_backend(
         raise RuntimeError("the AnimateDiff pipeline contains a different text encoder or tokenizer object "
                            "than the SD 1.5 pipeline; build both pipelines from the same objects")
 
-    video_model_id = adapter_source.model_id(MOTION_ADAPTER_COMPONENTS)
+    video_model_id = adapter_source.model_id()
     log.info("Loaded AnimateDiff backend: %s + %s on %s (frozen %s)", parts.model_id, video_model_id,
              placement.device, placement.frozen_dtype)
     return Backend(
@@ -311,6 +313,7 @@ def build_modelscope_backend(
 
     video_tokenizer = video_source.from_pretrained(CLIPTokenizer.from_pretrained, TOKENIZER)
     video_encoder = video_source.from_pretrained(CLIPTextModel.from_pretrained, TEXT_ENCODER, dtype=torch.float32)
+    check_tokenizer(video_tokenizer, video_encoder, video_source)
     check_shared_encoder(parts.text_encoder, video_encoder, image_source=sd_source.spec,
                          video_source=video_source.spec, allow_mismatch=allow_encoder_mismatch,
                          image_tokenizer=parts.tokenizer, video_tokenizer=video_tokenizer)
@@ -334,7 +337,7 @@ def build_modelscope_backend(
         scheduler=DPMSolverMultistepScheduler.from_config(dict(video_scheduler_config)),
     )
 
-    video_model_id = video_source.model_id(TEXT_TO_VIDEO_COMPONENTS)
+    video_model_id = video_source.model_id()
     log.info("Loaded %s backend: %s + %s on %s (frozen %s)", name, parts.model_id, video_model_id,
              placement.device, placement.frozen_dtype)
     return Backend(
