@@ -49,7 +49,7 @@ def tiny_text_encoder(hidden_size: int = 32, seed: int = 0) -> CLIPTextModel:
     return CLIPTextModel(config).eval()
 
 
-def tiny_unet(cross_attention_dim: int = 32, sample_size: int = 16, seed: int = 0) -> UNet2DConditionModel:
+def tiny_unet(cross_attention_dim: int = 32, sample_size: int = 16, seed: int = 0, heads: int = 8) -> UNet2DConditionModel:
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         sample_size=sample_size,
@@ -60,7 +60,8 @@ def tiny_unet(cross_attention_dim: int = 32, sample_size: int = 16, seed: int = 
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=cross_attention_dim,
-        attention_head_dim=8,
+        # SD 1.x's config field: the number of heads, not their width.
+        attention_head_dim=heads,
         norm_num_groups=8,
     ).eval()
 
