@@ -159,6 +159,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     trainer = instantiate(cfg.trainer, logger=logger if logger is not None else False, callbacks=callbacks,
                           default_root_dir=str(out_dir))
     trainer.fit(module, datamodule=UnlearningDataModule(dataset, batch_size=int(cfg.batch_size)))
+    # Lightning moves the module to the CPU when fit ends; the pipelines expect the backend's device.
+    module.to(backend.device)
     module.text_encoder.eval()
     final = {**provenance, "epoch": trainer.current_epoch, "optimizer_steps": int(trainer.global_step),
              "expected_optimizer_steps": expected_optimizer_steps(len(dataset), int(cfg.batch_size), int(cfg.epochs)),

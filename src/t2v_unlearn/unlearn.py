@@ -66,7 +66,7 @@ class TextEncoderUnlearning(pl.LightningModule):
     loss = -MSE(target, unet(noisy_latents, t, E(prompt))) + retain_weight * retain
 
     with t uniform over the scheduler's training timesteps and E the text encoder. The retain term
-    is off (retain_weight = 0) in the published recipe. It holds the encoder in place on retain
+    is off (retain_weight = 0) in the published recipe. It keeps the encoder in place on retain
     prompts (the empty prompt first), against the frozen original encoder E_0:
     - `retain_space="embedding"`: MSE(E(p), E_0(p)) on the last hidden states;
     - `retain_space="unet"`: MSE(unet(x_t, t, E(p)), unet(x_t, t, E_0(p))) on random noisy latents,
@@ -102,7 +102,7 @@ class TextEncoderUnlearning(pl.LightningModule):
         if retain_space not in RETAIN_SPACES:
             raise ValueError(f"retain.space='{retain_space}' is not supported; use one of {list(RETAIN_SPACES)}")
         self.retain_space = retain_space
-        # Set when a non-finite loss or gradient stopped training; the encoder then holds the
+        # Set when a non-finite loss or gradient stopped training. The encoder then keeps the
         # parameters of the last finite step.
         self.diverged_at_step: int | None = None
 

@@ -1,0 +1,150 @@
+"""Collect the runs of a sweep, find the Pareto front of erasure against preservation, plot it.
+
+    python train.py -m model=toyworld concept=eiffel,snoopy optim.lr=1e-5,1e-4 retain.weight=0,10
+    python -m t2v_unlearn.analysis.locality multirun/<time> --out experiments/locality
+
+A run is a point (target rate after, other rate after): lower target and higher other are better.
+A run is on the Pareto front when no other run of the same concept is at least as good on both
+and better on one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+TARGET_KEY = "video/target_rate_after"
+OTHER_KEY = "video/other_rate_after"
+
+
+@dataclass
+class SweepRun:
+    folder: str
+    concepts: str
+    overrides: dict
+    target_after: float
+    other_after: float
+    target_before: float | None
+    other_before: float | None
+    method: str | None
+    pareto: bool = False
+
+
+def _parse_overrides(folder: Path) -> dict:
+    path = folder / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    overrides = {}
+    for item in yaml.safe_load(path.read_text()) or []:
+        key, _, value = str(item).partition("=")
+        overrides[key.lstrip("+~")] = value
+    return overrides
+
+
+def collect_runs(root: str | Path) -> list[SweepRun]:
+    """Read every finished run (a folder with metrics.json) under `root`."""
+    runs = []
+    for metrics_path in sorted(Path(root).rglob("metrics.json")):
+        folder = metrics_path.parent
+        metrics = json.loads(metrics_path.read_text())
+        if metrics.get(TARGET_KEY) is None or metrics.get(OTHER_KEY) is None:
+            log.warning("Skipping %s: it has no video rates (eval.videos=false?)", folder)
+            continue
+        provenance_path = folder / "text_encoder" / "unlearning.json"
+        provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
+        runs.append(SweepRun(
+            folder=str(folder),
+            concepts="+".join(provenance.get("concepts", [])) or _parse_overrides(folder).get("concept", "?"),
+            overrides=_parse_overrides(folder),
+            target_after=float(metrics[TARGET_KEY]),
+            other_after=float(metrics[OTHER_KEY]),
+            target_before=metrics.get("video/target_rate_before"),
+            other_before=metrics.get("video/other_rate_before"),
+            method=provenance.get("method"),
+        ))
+    return runs
+
+
+def mark_pareto_front(runs: list[SweepRun]) -> list[SweepRun]:
+    """Set `pareto` on the runs that no other run of the same concepts dominates."""
+    for run in runs:
+        peers = [r for r in runs if r.concepts == run.concepts and r is not run]
+        run.pareto = not any(
+            p.target_after <= run.target_after and p.other_after >= run.other_after
+            and (p.target_after < run.target_after or p.other_after > run.other_after)
+            for p in peers
+        )
+    return runs
+
+
+def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None = None) -> Path:
+    """Write `locality.json`, `locality.md` (a table) and `locality_<concepts>.png` (one plot each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "locality.json").write_text(json.dumps([asdict(r) for r in runs], indent=2) + "\n")
+
+    swept_keys = sorted({k for r in runs for k in r.overrides if k not in ("concept", "hydra.sweep.dir")})
+    lines = []
+    if command:
+        lines += ["Command:", "", "```bash", command, "```", ""]
+    header = ["concepts", *swept_keys, "method", "target after", "other after", "other before", "Pareto"]
+    lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for run in sorted(runs, key=lambda r: (r.concepts, r.target_after, -r.other_after)):
+        cells = [run.concepts, *[run.overrides.get(k, "") for k in swept_keys], run.method or "",
+                 f"{run.target_after:.2f}", f"{run.other_after:.2f}",
+                 "" if run.other_before is None else f"{run.other_before:.2f}", "yes" if run.pareto else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out_dir / "locality.md").write_text("\n".join(lines) + "\n")
+
+    for concepts in sorted({r.concepts for r in runs}):
+        group = [r for r in runs if r.concepts == concepts]
+        figure, axis = plt.subplots(figsize=(5, 4))
+        axis.scatter([r.target_after for r in group], [r.other_after for r in group], c="lightgray",
+                     edgecolors="gray", label="run")
+        front = sorted((r for r in group if r.pareto), key=lambda r: r.target_after)
+        axis.plot([r.target_after for r in front], [r.other_after for r in front], "o-", color="tab:red",
+                  label="Pareto front")
+        for run in group:
+            if run.method:
+                axis.annotate(run.method, (run.target_after, run.other_after), fontsize=7,
+                              textcoords="offset points", xytext=(4, 4))
+        axis.set_xlabel("target detected after (lower is better)")
+        axis.set_ylabel("others detected after (higher is better)")
+        axis.set_xlim(-0.05, 1.05)
+        axis.set_ylim(-0.05, 1.05)
+        axis.set_title(f"Locality: {concepts}")
+        axis.legend(loc="lower left", fontsize=8)
+        figure.tight_layout()
+        figure.savefig(out_dir / f"locality_{concepts}.png", dpi=120)
+        plt.close(figure)
+    return out_dir / "locality.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", help="multirun folder (or any folder) containing finished runs")
+    parser.add_argument("--out", default="experiments/locality", help="folder for the table, JSON and plots")
+    parser.add_argument("--command", default=None, help="the sweep command, recorded in the table")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    runs = mark_pareto_front(collect_runs(args.sweep_dir))
+    if not runs:
+        raise SystemExit(f"no finished run with video metrics under {args.sweep_dir}")
+    report = write_report(runs, args.out, args.command)
+    log.info("Wrote %s (%d runs, %d on a Pareto front)", report, len(runs), sum(r.pareto for r in runs))
+
+
+if __name__ == "__main__":
+    main()

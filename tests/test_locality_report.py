@@ -1,0 +1,40 @@
+import json
+
+from t2v_unlearn.analysis.locality import collect_runs, main, mark_pareto_front
+
+
+def make_run(root, name, concept, lr, target, other):
+    folder = root / name
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- concept={concept}\n- optim.lr={lr}\n")
+    (folder / "text_encoder").mkdir()
+    (folder / "text_encoder" / "unlearning.json").write_text(json.dumps({"concepts": [concept], "method": "paper"}))
+    metrics = {"video/target_rate_after": target, "video/other_rate_after": other,
+               "video/target_rate_before": 1.0, "video/other_rate_before": 1.0}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_pareto_front_per_concept(tmp_path):
+    make_run(tmp_path, "0", "eiffel", 1e-5, 1.0, 1.0)
+    make_run(tmp_path, "1", "eiffel", 1e-4, 0.1, 0.95)
+    make_run(tmp_path, "2", "eiffel", 3e-4, 0.1, 0.5)   # dominated by run 1
+    make_run(tmp_path, "3", "eiffel", 1e-3, 0.0, 0.1)
+    make_run(tmp_path, "4", "snoopy", 1e-3, 0.5, 0.5)   # alone in its group
+    runs = {r.folder.rsplit("/", 1)[-1]: r for r in mark_pareto_front(collect_runs(tmp_path))}
+    assert runs["0"].pareto
+    assert runs["1"].pareto
+    assert not runs["2"].pareto
+    assert runs["3"].pareto
+    assert runs["4"].pareto
+    assert runs["1"].overrides["optim.lr"] == "0.0001"
+
+
+def test_report_files_written(tmp_path):
+    make_run(tmp_path / "sweep", "0", "eiffel", 1e-5, 1.0, 1.0)
+    make_run(tmp_path / "sweep", "1", "eiffel", 1e-4, 0.2, 0.9)
+    main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report"), "--command", "python train.py -m ..."])
+    table = (tmp_path / "report" / "locality.md").read_text()
+    assert "| eiffel | 0.0001 |" in table
+    assert "python train.py -m ..." in table
+    assert (tmp_path / "report" / "locality_eiffel.png").stat().st_size > 1000
+    assert len(json.loads((tmp_path / "report" / "locality.json").read_text())) == 2
