@@ -134,7 +134,7 @@ def test_animatediff_loads_and_generates(repos):
     assert video.dtype == np.uint8
 
 
-def test_animatediff_motion_unet_copies_image_unet(repos):
+def test_motion_unet_copies_unet_and_adapter(repos):
     backend = build_animatediff_backend(sd_path=str(repos["sd15"]), motion_adapter_path=str(repos["motion_adapter"]),
                                         device="cpu", **TINY_CALLS)
     image_unet, motion_unet = backend.unet, backend.video_pipeline.unet
@@ -142,6 +142,10 @@ def test_animatediff_motion_unet_copies_image_unet(repos):
     assert torch.equal(image_unet.conv_in.weight, motion_unet.conv_in.weight)
     assert torch.equal(image_unet.down_blocks[0].attentions[0].proj_in.weight,
                        motion_unet.down_blocks[0].attentions[0].proj_in.weight)
+    adapter = MotionAdapter.from_pretrained(repos["motion_adapter"])
+    assert torch.equal(adapter.down_blocks[0].motion_modules[0].proj_in.weight,
+                       motion_unet.down_blocks[0].motion_modules[0].proj_in.weight)
+    assert backend.video_pipeline.motion_adapter is None
 
 
 def test_animatediff_default_call_settings(repos):
