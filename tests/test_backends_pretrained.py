@@ -271,9 +271,12 @@ def test_compare_tokenizers_finds_pad_token():
 # --- Load errors -------------------------------------------------------------------------------------
 
 
-def test_missing_component_named(repos, tmp_path):
+def test_missing_component_named(repos, tmp_path, monkeypatch):
     sd = copy_repo(repos["sd15"], tmp_path / "sd15")
     shutil.rmtree(sd / "vae")
+    loaded = []
+    monkeypatch.setattr(CLIPTextModel, "from_pretrained", lambda *args, **kwargs: loaded.append("text_encoder"))
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", lambda *args, **kwargs: loaded.append("unet"))
 
     with pytest.raises(ModelLoadError) as error:
         build_animatediff_backend(sd_path=str(sd), motion_adapter_path=str(repos["motion_adapter"]), device="cpu")
@@ -284,6 +287,8 @@ def test_missing_component_named(repos, tmp_path):
     assert "- text_encoder:" not in message
     assert "hf download stable-diffusion-v1-5/stable-diffusion-v1-5" in message
     assert f"model.backend.sd_path={sd}" in message
+    # The component check runs before any weights load.
+    assert loaded == []
 
 
 def test_missing_weights_named(repos, tmp_path):
