@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from transformers import CLIPTextModel
 
+from t2v_unlearn.backends import tiny_repos
 from t2v_unlearn.backends.shared_encoder import EncoderMismatchError
 from t2v_unlearn.backends.tiny_sd2 import (
     build_tiny_sd2_video_backend,
@@ -170,3 +171,16 @@ def test_job_runs_with_tiny_model(model, tmp_path):
     assert saved.config.hidden_act == "gelu"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train/optimizer_steps"] == 1
+
+
+def test_tiny_repos_command_writes_hub_layout(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["tiny_repos", str(tmp_path), "--seed", "2"])
+    tiny_repos.main()
+
+    for name in ("sd15", "sd21_base", "modelscope"):
+        index = json.loads((tmp_path / name / "model_index.json").read_text())
+        for component in ("tokenizer", "text_encoder", "unet", "vae", "scheduler"):
+            assert (tmp_path / name / component).is_dir(), f"{name}/{component}"
+            assert component in index, f"{name} model_index.json lacks {component}"
+    assert json.loads((tmp_path / "modelscope" / "model_index.json").read_text())["_class_name"] == "TextToVideoSDPipeline"
+    assert (tmp_path / "motion_adapter" / "config.json").is_file()
