@@ -5,8 +5,14 @@ plus one subfolder per component), so `build_animatediff_backend` and `build_mod
 it exactly as they load a downloaded model, offline and in seconds:
 
     python -m t2v_unlearn.backends.tiny_repos /tmp/tiny_repos
-    python train.py model=animatediff model.backend.sd_path=/tmp/tiny_repos/sd15 \
-        model.backend.motion_adapter_path=/tmp/tiny_repos/motion_adapter model.backend.device=cpu ...
+    HF_HUB_OFFLINE=1 python train.py model=animatediff model.backend.sd_path=/tmp/tiny_repos/sd15 \
+        model.backend.motion_adapter_path=/tmp/tiny_repos/motion_adapter model.backend.device=cpu \
+        '++model.backend.image_kwargs={height:32,width:32,num_inference_steps:2}' \
+        '++model.backend.video_kwargs={height:32,width:32,num_frames:4,num_inference_steps:2}' \
+        model.backend.clip.model_name=t2v-unlearn-tiny-clip model.backend.clip.pretrained=null \
+        +model.backend.clip.seed=0 shots=2 epochs=1 logger=none
+
+The tiny CLIP model ships with the package, so nothing downloads.
 """
 
 from __future__ import annotations
