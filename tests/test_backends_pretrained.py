@@ -77,7 +77,8 @@ SD_COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 def offline_single_thread(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("WANDB_MODE", "offline")
-    # Several torch threads on a shared 2-core machine make the tiny pipelines 30x slower.
+    # The tiny models' operations are too small to gain from threads. With other processes on the
+    # cores, thread contention made them 30 to 60 times slower (measured on a shared 2-core machine).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
