@@ -215,8 +215,8 @@ Weights are stored as fp16 safetensors (the detector in fp32) and run in fp32.
 |---|---|---|---|---|
 {chr(10).join(rows)}
 
-Total: {total / 60:.0f} minutes of wall time on a 2-core CPU shared with other jobs (one torch thread
-per process, the detector and CLIP stages in parallel with the UNet stage).
+Stage times sum to {total / 60:.0f} minutes on a 2-core CPU shared with other jobs (one torch thread per
+process; the detector and CLIP stages ran in parallel with the UNet stage, so wall time was shorter).
 VAE held-out reconstruction MSE (on [-1, 1]): {metrics.get('vae', {}).get('heldout_mse', float('nan')):.5f};
 latent scaling factor {metrics.get('vae', {}).get('scaling_factor', float('nan')):.4f}.
 
