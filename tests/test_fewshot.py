@@ -104,3 +104,25 @@ def test_user_folder_replaces_generation(tiny_backend, tmp_path):
     assert (images["eiffel"][1] == 40).all()
     assert records[0].source.endswith("0.png")
     assert records[0].prompt is None
+
+
+def test_oversized_image_named(tmp_path, monkeypatch):
+    _save(tmp_path / "big.png", np.zeros((64, 64, 3), dtype=np.uint8))
+    # PIL raises DecompressionBombError above twice MAX_IMAGE_PIXELS.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(FewShotError, match=r"image '.*big\.png' is too large"):
+        load_image_folder(tmp_path, shots=1, size=(32, 32))
+
+
+def test_hidden_files_skipped(tmp_path):
+    (tmp_path / "._a.png").write_bytes(b"macOS resource fork, not an image")
+    _save(tmp_path / "b.png", np.full((8, 8, 3), 7, dtype=np.uint8))
+    images, paths = load_image_folder(tmp_path, shots=1, size=(8, 8))
+    assert paths[0].endswith("b.png")
+    assert (images[0] == 7).all()
+
+
+def test_float_image_in_byte_range(tmp_path):
+    Image.fromarray(np.full((8, 8), 128.0, dtype=np.float32), mode="F").save(tmp_path / "f.tif")
+    images, _ = load_image_folder(tmp_path, shots=1, size=(8, 8))
+    assert (images[0] == 128).all()

@@ -105,7 +105,48 @@ def test_csv_logger_writes_metrics(tmp_path):
     run_in_process([*FAST, "logger=csv", "eval.videos=false"], out)
     csv_files = list(out.glob("csv/**/metrics.csv"))
     assert csv_files
-    assert "train/loss" in csv_files[0].read_text().splitlines()[0]
+    header = csv_files[0].read_text().splitlines()[0]
+    assert "train/loss" in header
+    assert "image/target_rate_after" in header
+    assert "time/total_s" in header
+
+
+def test_overwrite_removes_stale_outputs(tmp_path):
+    out = tmp_path / "run"
+    run_in_process([*FAST, "epochs=2", "logger=none", "eval.videos=false"], out)
+    assert (out / "text_encoder_epoch_2").is_dir()
+    run_in_process([*FAST, "epochs=1", "seed=5", "logger=none", "eval.videos=false", "overwrite=true"], out)
+    assert not (out / "text_encoder_epoch_2").exists()
+    provenance = json.loads((out / "text_encoder_epoch_1" / "unlearning.json").read_text())
+    assert provenance["seed"] == 5
+    assert oct((out / "metrics.json").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize("override,message", [
+    ("epochs=0", "epochs=0 is invalid"),
+    ("epochs=-1", "epochs=-1 is invalid"),
+    ("batch_size=0", "batch_size=0 is invalid"),
+    ("shots=-2", "shots=-2 is invalid"),
+    ("trainable=bogus", "trainable='bogus' is not supported"),
+    ("retain.space=bogus", "retain.space='bogus' is not supported"),
+    ("eval.seeds_per_prompt=0", "eval.seeds_per_prompt=0 is invalid"),
+    ("eval.frames_to_judge=0", "eval.frames_to_judge=0 is invalid"),
+])
+def test_invalid_setting_rejected_before_loading(tmp_path, monkeypatch, override, message):
+    import t2v_unlearn.run as run_module
+
+    def fail_if_called(*args, **kwargs):
+        raise AssertionError("the backend was built before the settings were checked")
+
+    monkeypatch.setattr(run_module, "build_backend", fail_if_called)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        run_in_process([*FAST, override, "logger=none"], tmp_path / "run")
 
 
 def test_cli_end_to_end_and_refuses_finished_folder(tmp_path):
@@ -139,6 +180,20 @@ def test_cli_unknown_name_lists_options(tmp_path, override, listed):
     assert result.returncode != 0
     assert "Could not find" in result.stderr
     assert listed in result.stderr
+
+
+def test_cli_model_load_error_readable(tmp_path):
+    result = train_cli(["model=animatediff", f"model.backend.sd_path={tmp_path / 'missing_sd'}",
+                        f"model.backend.motion_adapter_path={tmp_path / 'missing_adapter'}",
+                        "model.backend.device=cpu", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                       tmp_path, check=False, timeout=300)
+    assert result.returncode != 0
+    assert "ModelLoadError" in result.stderr
+    assert "missing_sd" in result.stderr
+    assert "missing_adapter" in result.stderr
+    # The error reaches the terminal as itself, not as the quoted repr inside Hydra's wrapper.
+    assert "Error in call to target" not in result.stderr
+    assert "hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir" in result.stderr
 
 
 def test_cli_images_dir_with_too_few_images(tmp_path):

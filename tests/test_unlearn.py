@@ -153,7 +153,7 @@ def test_nonfinite_loss_stops_and_keeps_encoder(tiny_backend):
     def mse_that_overflows(*args, **kwargs):
         calls["n"] += 1
         value = original_mse(*args, **kwargs)
-        return value * float("inf") if calls["n"] == 2 else value
+        return value * float("inf") if calls["n"] == 3 else value
 
     module.diffusion_mse = mse_that_overflows
     snapshots = []
@@ -166,11 +166,14 @@ def test_nonfinite_loss_stops_and_keeps_encoder(tiny_backend):
                          enable_progress_bar=False, callbacks=[Snapshot()])
     trainer.fit(module, datamodule=datamodule)
 
-    assert module.diverged_at_step == 1
+    # Steps 0 and 1 applied; the loss of step 2 is infinite, so step 1 is undone: the encoder is
+    # the one that gave the last finite loss (after step 0).
+    assert module.diverged_at_step == 2
+    assert module.applied_steps == 1
     # Lightning counts the skipped step too; without the stop it would run 9 steps.
-    assert trainer.global_step == 2
-    assert len(snapshots) == 2
+    assert trainer.global_step == 3
+    assert len(snapshots) == 3
     final = state(module.text_encoder)
     for key, value in final.items():
         assert torch.isfinite(value).all(), f"{key} is not finite"
-        assert torch.equal(value, snapshots[0][key]), f"{key} moved after the non-finite step"
+        assert torch.equal(value, snapshots[0][key]), f"{key} is not the encoder of the last finite loss"

@@ -51,8 +51,10 @@ class SaveTextEncoderEachEpoch(pl.Callback):
         self.provenance = provenance
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
+        # A diverged epoch is not saved as an epoch: the final folder gets the last finite encoder.
+        if not trainer.is_global_zero or getattr(pl_module, "diverged_at_step", None) is not None:
             return
         epoch = trainer.current_epoch + 1
-        record = {**self.provenance, "epoch": epoch, "optimizer_steps": int(trainer.global_step)}
+        record = {**self.provenance, "epoch": epoch,
+                  "optimizer_steps": int(getattr(pl_module, "applied_steps", trainer.global_step))}
         save_text_encoder(pl_module.text_encoder, self.out_dir / f"text_encoder_epoch_{epoch}", record)

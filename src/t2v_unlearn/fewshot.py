@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from filelock import FileLock
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from t2v_unlearn.backends.bundle import Backend
 from t2v_unlearn.concepts import Concept
@@ -89,7 +89,9 @@ def load_image_folder(folder: str | Path, shots: int, size: tuple[int, int]) -> 
     if not folder.is_dir():
         raise FewShotError(f"concept images_dir '{folder}' does not exist or is not a folder; "
                            "pass an existing folder of images or drop concept.<key>.images_dir")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    # Hidden files are skipped: macOS writes "._name.png" resource forks that are not images.
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FewShotError(f"images_dir '{folder}' contains no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
                            "add images or remove images_dir to generate them")
@@ -104,7 +106,9 @@ def _read_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            rgb = _to_rgb(image, path)
+            rgb = _to_rgb(ImageOps.exif_transpose(image), path)
+    except Image.DecompressionBombError as error:
+        raise FewShotError(f"image '{path}' is too large to read safely ({error}); downscale it or remove it") from error
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise FewShotError(f"cannot read image '{path}': {error}; replace or remove the file") from error
     return np.asarray(_center_crop_resize(rgb, size), dtype=np.uint8)
@@ -118,7 +122,10 @@ def _to_rgb(image: Image.Image, path: Path) -> Image.Image:
         top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
         return Image.fromarray((np.clip(array / top, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
     if mode == "F":
+        # Float images come either in [0, 1] or in [0, 255].
         array = np.asarray(image, dtype=np.float64)
+        if array.max() > 1.0:
+            array = array / 255.0
         return Image.fromarray((np.clip(array, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")

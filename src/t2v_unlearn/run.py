@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,7 +26,14 @@ from t2v_unlearn.hydra_callbacks import FINISHED_MARKER, check_run_dir
 from t2v_unlearn.io import write_json_atomic
 from t2v_unlearn.judges.clip import clip_scorer_for
 from t2v_unlearn.tracking import finish, log_media, log_metrics
-from t2v_unlearn.unlearn import DivergenceError, TextEncoderUnlearning, expected_optimizer_steps
+from t2v_unlearn.backends.loading import ModelLoadError
+from t2v_unlearn.unlearn import (
+    RETAIN_SPACES,
+    TRAINABLE_CHOICES,
+    DivergenceError,
+    TextEncoderUnlearning,
+    expected_optimizer_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +92,65 @@ def _config_choice(group: str) -> str | None:
     return HydraConfig.get().runtime.choices.get(group)
 
 
+def validate_settings(cfg: DictConfig) -> None:
+    """Reject invalid settings before any model loads or image is generated."""
+    checks = [
+        (cfg.shots >= 0, f"shots={cfg.shots} is invalid; pass 0 (random latents) or a positive image count"),
+        (cfg.epochs >= 1, f"epochs={cfg.epochs} is invalid; pass 1 or more"),
+        (cfg.batch_size >= 1, f"batch_size={cfg.batch_size} is invalid; pass 1 or more"),
+        (cfg.trainable in TRAINABLE_CHOICES,
+         f"trainable='{cfg.trainable}' is not supported; use one of {list(TRAINABLE_CHOICES)}"),
+        (cfg.retain.space in RETAIN_SPACES,
+         f"retain.space='{cfg.retain.space}' is not supported; use one of {list(RETAIN_SPACES)}"),
+        (cfg.retain.weight >= 0, f"retain.weight={cfg.retain.weight} is invalid; pass 0 (off) or a positive weight"),
+        (cfg.eval.seeds_per_prompt >= 1, f"eval.seeds_per_prompt={cfg.eval.seeds_per_prompt} is invalid; pass 1 or more"),
+        (cfg.eval.frames_to_judge >= 1, f"eval.frames_to_judge={cfg.eval.frames_to_judge} is invalid; pass 1 or more"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+# What a run writes; `overwrite=true` removes these from the folder before the new run starts.
+RUN_OUTPUTS = ("metrics.json", "eval_samples.json", "fewshot", "videos", "images", "text_encoder")
+
+
+def clear_previous_run(out_dir: Path) -> None:
+    """Remove a previous run's outputs, the finished marker first, so that no file of the old run
+    stays next to the new one."""
+    for name in [*RUN_OUTPUTS, *(p.name for p in out_dir.glob("text_encoder_epoch_*"))]:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    log.warning("overwrite=true: removed the previous run's outputs from %s", out_dir)
+
+
+def build_backend(model_cfg: DictConfig):
+    """Instantiate the backend; a loading error surfaces as itself rather than wrapped by Hydra."""
+    try:
+        return instantiate(model_cfg.backend)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, (ModelLoadError, ValueError, FileNotFoundError)):
+            raise error.__cause__ from None
+        raise
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Run the whole job into `out_dir` and return the metrics that `metrics.json` holds."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     check_run_dir(out_dir, bool(cfg.overwrite))
-    if cfg.shots < 0:
-        raise ValueError(f"shots={cfg.shots} is invalid; pass 0 (random latents) or a positive image count")
+    validate_settings(cfg)
+    if cfg.overwrite and (out_dir / FINISHED_MARKER).exists():
+        clear_previous_run(out_dir)
     pl.seed_everything(int(cfg.seed), workers=True)
 
     concepts = load_concepts(cfg.concepts, OmegaConf.select(cfg, "concept.images_dir"))
     templates = PromptTemplates(**OmegaConf.to_container(cfg.prompts, resolve=True))
     log.info("Unlearning %s with %d shot(s) per concept", ", ".join(c.name for c in concepts), cfg.shots)
-    backend = instantiate(cfg.model.backend)
+    backend = build_backend(cfg.model)
     judge = build_judge(cfg.judge, backend)
     scorer = clip_scorer_for(backend.clip, backend.device) if cfg.eval.clip_similarity else None
     logger = instantiate(cfg.logger) if cfg.get("logger") else None
@@ -148,6 +203,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "backend": backend.name,
         "seed": int(cfg.seed),
         "fewshot_seed": int(cfg.fewshot_seed),
+        "fewshot_sources": sorted({r.source if r.prompt is None else "generated" for r in records})
+        or ["uniform random latents"],
+        "prompt_templates": sorted({c.kind for c in concepts}),
     }
     callbacks = [SaveTextEncoderEachEpoch(out_dir, provenance)]
     early_stopping = None
@@ -159,17 +217,21 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     trainer = instantiate(cfg.trainer, logger=logger if logger is not None else False, callbacks=callbacks,
                           default_root_dir=str(out_dir))
     trainer.fit(module, datamodule=UnlearningDataModule(dataset, batch_size=int(cfg.batch_size)))
+    # NOTE: under DDP every rank runs this function; only rank zero saves and evaluates. The ranks
+    # before fit each generate (or read from the cache) the same few-shot images.
+    if not trainer.is_global_zero:
+        return {}
     # Lightning moves the module to the CPU when fit ends; the pipelines expect the backend's device.
     module.to(backend.device)
     module.text_encoder.eval()
-    final = {**provenance, "epoch": trainer.current_epoch, "optimizer_steps": int(trainer.global_step),
+    final = {**provenance, "epoch": trainer.current_epoch, "optimizer_steps": module.applied_steps,
              "expected_optimizer_steps": expected_optimizer_steps(len(dataset), int(cfg.batch_size), int(cfg.epochs)),
              "diverged_at_step": module.diverged_at_step,
              "early_stopped_epoch": early_stopping.stopped_epoch if early_stopping else None}
     save_text_encoder(module.text_encoder, out_dir / "text_encoder", final)
     unlearn_s = time.perf_counter() - t0
     if module.diverged_at_step is not None:
-        finish(logger)
+        finish(logger, "failed")
         raise DivergenceError(
             f"the unlearning loss or a gradient became non-finite at step {module.diverged_at_step}; "
             f"the last finite encoder is saved in {out_dir / 'text_encoder'}. Lower optim.lr "
@@ -187,7 +249,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "time/unlearn_s": unlearn_s,
         "time/eval_s": eval_s,
         "time/total_s": time.perf_counter() - start,
-        "train/optimizer_steps": int(trainer.global_step),
+        "train/optimizer_steps": module.applied_steps,
         "train/epochs_run": int(trainer.current_epoch),
         "train/early_stopped_epoch": early_stopping.stopped_epoch if early_stopping else None,
     })

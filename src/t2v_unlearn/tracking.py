@@ -34,7 +34,12 @@ def log_media(logger: Logger, out_dir: Path, fewshot_records, before, after, sam
     logger.experiment.log(payload)
 
 
-def finish(logger: Logger | None) -> None:
-    """Close the W&B run, so that the next job of a multirun in this process starts its own."""
+def finish(logger: Logger | None, status: str = "success") -> None:
+    """Flush the logger (CSVLogger writes only on save) and close a W&B run, so that the next job
+    of a multirun in this process starts its own."""
+    if logger is None:
+        return
+    logger.save()
+    logger.finalize(status)
     if isinstance(logger, WandbLogger):
         logger.experiment.finish()

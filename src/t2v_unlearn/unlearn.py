@@ -102,9 +102,14 @@ class TextEncoderUnlearning(pl.LightningModule):
         if retain_space not in RETAIN_SPACES:
             raise ValueError(f"retain.space='{retain_space}' is not supported; use one of {list(RETAIN_SPACES)}")
         self.retain_space = retain_space
-        # Set when a non-finite loss or gradient stopped training. The encoder then keeps the
-        # parameters of the last finite step.
+        # Set when a non-finite loss or gradient stopped training. The encoder then holds the
+        # parameters that gave the last finite loss.
         self.diverged_at_step: int | None = None
+        # Optimizer steps that changed the encoder (Lightning's global_step also counts skipped ones).
+        self.applied_steps = 0
+        # Trainable parameters as they were before the latest optimizer step, to undo that step when
+        # the loss it leads to is not finite.
+        self._before_last_step: dict[str, torch.Tensor] | None = None
 
         self.unet.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
@@ -167,8 +172,11 @@ class TextEncoderUnlearning(pl.LightningModule):
     # ---- the math ---------------------------------------------------------------------------
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        # The encoder's own device: before fit, a LightningModule reports "cpu" even when the
+        # backend placed the encoder on a GPU.
+        device = next(self.text_encoder.parameters()).device
         return self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids.to(self.device)
+                              truncation=True, return_tensors="pt").input_ids.to(device)
 
     def encode(self, prompts: Sequence[str]) -> torch.Tensor:
         """Return the encoder's last hidden states `(b, 77, d)`, what the UNet cross-attends to."""
@@ -232,20 +240,42 @@ class TextEncoderUnlearning(pl.LightningModule):
             self.log("train/retain", retain.detach(), on_step=True, batch_size=len(latents))
 
         if not torch.isfinite(loss):
+            # The parameters that gave this loss came from the previous step: undo it, so the encoder
+            # holds the parameters of the last finite loss. Returning None skips backward and the
+            # optimizer step.
+            self._undo_last_step()
             self._stop_on_divergence(f"loss is {loss.item()}")
-            # Returning None skips backward and the optimizer step, so the encoder keeps the
-            # parameters of the last finite step.
             return None
         self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=len(latents))
         self.log("train/diffusion_mse", mse.detach(), on_step=True, batch_size=len(latents))
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        finite = all(torch.isfinite(p.grad).all() for p in self.text_encoder.parameters() if p.grad is not None)
-        if not finite:
+        # Under fp16 mixed precision the gradient scaler skips steps with inf gradients and lowers
+        # its scale, which is normal in the first steps: only a non-finite loss means divergence then.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        grads = [p.grad for p in self.text_encoder.parameters() if p.grad is not None]
+        if not grads or self.diverged_at_step is not None:
+            # Lightning still calls this hook when training_step returned None: nothing to apply.
+            return
+        if scaler is None and not all(torch.isfinite(g).all() for g in grads):
             # Dropping the gradients makes the optimizer skip every parameter this step.
             optimizer.zero_grad(set_to_none=True)
             self._stop_on_divergence("a gradient is NaN or infinite")
+            return
+        self._before_last_step = {name: p.detach().clone() for name, p in self.text_encoder.named_parameters()
+                                  if p.requires_grad}
+        self.applied_steps += 1
+
+    def _undo_last_step(self) -> None:
+        if self._before_last_step is None:
+            return
+        parameters = dict(self.text_encoder.named_parameters())
+        with torch.no_grad():
+            for name, value in self._before_last_step.items():
+                parameters[name].copy_(value)
+        self.applied_steps -= 1
+        self._before_last_step = None
 
     def _stop_on_divergence(self, reason: str) -> None:
         self.diverged_at_step = int(self.global_step)
