@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO_ROOT, compose_config
 
 FAST = ["model=animatediff_tiny", "model.backend.num_inference_steps=2", "eval.seeds_per_prompt=1",
-        "epochs=2", "shots=2"]
+        "eval.prompts_per_group=2", "epochs=2", "shots=2"]
 METRIC_KEYS = [
     "video/target_rate_before", "video/target_rate_after", "video/other_rate_before", "video/other_rate_after",
     "image/target_rate_before", "image/target_rate_after", "image/other_rate_before", "image/other_rate_after",
@@ -82,7 +82,8 @@ def test_job_writes_output_contract(tmp_path):
 
 def test_multi_concept_mixes_images(tmp_path):
     out = tmp_path / "run"
-    metrics = run_in_process([*FAST, "concept=snoopy_mickey", "logger=none", "eval.videos=false"], out)
+    metrics = run_in_process([*FAST, "concept=snoopy_mickey", "logger=none", "eval.videos=false",
+                              "eval.prompts_per_group=null"], out)
     names = sorted(p.name for p in (out / "fewshot").glob("*.png"))
     assert names == ["mickey_00.png", "mickey_01.png", "snoopy_00.png", "snoopy_01.png"]
     assert metrics["train/optimizer_steps"] == 4  # 4 images, batch 2, 2 epochs

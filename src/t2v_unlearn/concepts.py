@@ -95,11 +95,12 @@ class EvalItem:
     group: str
 
 
-def evaluation_items(concepts: list[Concept]) -> list[EvalItem]:
+def evaluation_items(concepts: list[Concept], prompts_per_group: int | None = None) -> list[EvalItem]:
     """List the target prompts of every concept, then the preservation prompts.
 
     A preservation prompt that names one of the unlearned concepts (Mickey Mouse in Snoopy's list
     when both are unlearned) is dropped, since it is no longer "other". Duplicates are dropped.
+    With `prompts_per_group`, only the first that many of each group are kept.
     """
     target_keys = {c.key for c in concepts}
     items: list[EvalItem] = []
@@ -115,6 +116,10 @@ def evaluation_items(concepts: list[Concept]) -> list[EvalItem]:
                 continue
             seen.add((p.prompt, p.concept))
             items.append(EvalItem(p.prompt, WatchedConcept(p.concept, p.probe, concept.anchors), "other"))
+    if prompts_per_group is not None:
+        targets = [item for item in items if item.group == "target"][:prompts_per_group]
+        others = [item for item in items if item.group == "other"][:prompts_per_group]
+        items = targets + others
     return items
 
 

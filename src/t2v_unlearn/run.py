@@ -104,6 +104,8 @@ def validate_settings(cfg: DictConfig) -> None:
          f"retain.space='{cfg.retain.space}' is not supported; use one of {list(RETAIN_SPACES)}"),
         (cfg.retain.weight >= 0, f"retain.weight={cfg.retain.weight} is invalid; pass 0 (off) or a positive weight"),
         (cfg.eval.seeds_per_prompt >= 1, f"eval.seeds_per_prompt={cfg.eval.seeds_per_prompt} is invalid; pass 1 or more"),
+        (cfg.eval.prompts_per_group is None or cfg.eval.prompts_per_group >= 1,
+         f"eval.prompts_per_group={cfg.eval.prompts_per_group} is invalid; pass null (all) or 1 or more"),
         (cfg.eval.frames_to_judge >= 1, f"eval.frames_to_judge={cfg.eval.frames_to_judge} is invalid; pass 1 or more"),
     ]
     for ok, message in checks:
@@ -164,8 +166,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     fewshot_s = time.perf_counter() - t0
 
     # 2. Videos and images of the original model, before the encoder changes in place.
-    settings = EvalSettings(**{k: v for k, v in cfg.eval.items() if k != "clip_similarity"})
-    items = evaluation_items(concepts)
+    settings = EvalSettings(**{k: v for k, v in cfg.eval.items() if k not in ("clip_similarity", "prompts_per_group")})
+    items = evaluation_items(concepts, cfg.eval.prompts_per_group)
     samples, seeds = expand(items, settings)
     t0 = time.perf_counter()
     before = run_phase("before", backend, judge, scorer, items, backend.text_encoder, out_dir, settings)

@@ -1,0 +1,41 @@
+import pytest
+
+from conftest import compose_config
+from t2v_unlearn.concepts import evaluation_items, load_concepts
+
+ALL_CONCEPTS = ["snoopy", "mickey", "van_gogh", "eiffel", "elon_musk", "jazz_music", "jazz_dance"]
+
+
+@pytest.mark.parametrize("name", ALL_CONCEPTS)
+def test_concept_config_loads(name):
+    cfg = compose_config([f"concept={name}"])
+    (concept,) = load_concepts(cfg.concepts)
+    assert concept.key == name
+    assert concept.image_prompts and concept.eval_prompts and concept.preserve_prompts
+    assert concept.kind == ("style" if name == "van_gogh" else "object")
+
+
+def test_jazz_senses_share_the_word():
+    music = load_concepts(compose_config(["concept=jazz_music"]).concepts)[0]
+    dance = load_concepts(compose_config(["concept=jazz_dance"]).concepts)[0]
+    assert music.name == dance.name == "jazz"
+    assert set(music.image_prompts).isdisjoint(dance.image_prompts)
+
+
+def test_concept_list_and_combined_file_agree():
+    combined = load_concepts(compose_config(["concept=snoopy_mickey"]).concepts)
+    listed = load_concepts(compose_config(["concept=[snoopy,mickey]"]).concepts)
+    assert [c.key for c in combined] == [c.key for c in listed] == ["snoopy", "mickey"]
+
+
+def test_prompts_per_group_limits_each_group():
+    concepts = load_concepts(compose_config(["concept=eiffel"]).concepts)
+    items = evaluation_items(concepts, prompts_per_group=2)
+    assert [i.group for i in items] == ["target", "target", "other", "other"]
+    assert len(evaluation_items(concepts)) == len(concepts[0].eval_prompts) + len(concepts[0].preserve_prompts)
+
+
+def test_images_dir_shortcut_rejects_several_concepts():
+    cfg = compose_config(["concept=snoopy_mickey"])
+    with pytest.raises(ValueError, match="concepts.<key>.images_dir"):
+        load_concepts(cfg.concepts, images_dir="/tmp/images")
