@@ -32,3 +32,4 @@ clean: ## Remove run outputs and caches (not the few-shot image cache)
 	rm -rf outputs multirun wandb .pytest_cache
 
 -include Makefile.toyworld
+-include Makefile.bench
