@@ -177,3 +177,21 @@ def test_nonfinite_loss_stops_and_keeps_encoder(tiny_backend):
     for key, value in final.items():
         assert torch.isfinite(value).all(), f"{key} is not finite"
         assert torch.equal(value, snapshots[0][key]), f"{key} is not the encoder of the last finite loss"
+
+
+def test_gradient_checkpointing_same_gradients(tiny_backend):
+    from t2v_unlearn.backends.tiny import build_tiny_animatediff_backend
+
+    other_backend = build_tiny_animatediff_backend(seed=0, num_inference_steps=2)
+    plain = make_module(tiny_backend)
+    checkpointed = make_module(other_backend, gradient_checkpointing=True)
+    plain.train()
+    checkpointed.train()
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    batch = {"latents": latents, "prompts": ["a photo of a Eiffel Tower", "a rendering of a Eiffel Tower"]}
+    for module in (plain, checkpointed):
+        torch.manual_seed(7)
+        module.training_step(batch, 0).backward()
+    plain_grads = dict(plain.text_encoder.named_parameters())
+    for name, parameter in checkpointed.text_encoder.named_parameters():
+        torch.testing.assert_close(parameter.grad, plain_grads[name].grad, rtol=1e-4, atol=1e-6)

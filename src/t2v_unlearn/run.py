@@ -190,6 +190,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         retain_batch_size=int(cfg.retain.batch_size),
         retain_space=str(cfg.retain.space),
         concept_names=[c.name for c in concepts],
+        gradient_checkpointing=bool(cfg.gradient_checkpointing),
     )
     provenance = {
         "concepts": [c.key for c in concepts],

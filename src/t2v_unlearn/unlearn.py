@@ -87,6 +87,7 @@ class TextEncoderUnlearning(pl.LightningModule):
         retain_batch_size: int = 8,
         retain_space: str = "embedding",
         concept_names: Sequence[str] = (),
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         self.text_encoder = text_encoder
@@ -113,6 +114,12 @@ class TextEncoderUnlearning(pl.LightningModule):
 
         self.unet.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
+        if gradient_checkpointing:
+            # Recompute activations in backward: less GPU memory for about one more forward pass.
+            self.unet.enable_gradient_checkpointing()
+            # transformers 5 renamed gradient_checkpointing_enable to activation_checkpointing_enable.
+            enable = getattr(self.text_encoder, "activation_checkpointing_enable", None)
+            (enable or self.text_encoder.gradient_checkpointing_enable)()
         self.trainable_names = select_trainable(text_encoder, trainable)
         params = dict(text_encoder.named_parameters())
         for name in self.trainable_names:
@@ -258,7 +265,9 @@ class TextEncoderUnlearning(pl.LightningModule):
         if not grads or self.diverged_at_step is not None:
             # Lightning still calls this hook when training_step returned None: nothing to apply.
             return
-        if scaler is None and not all(torch.isfinite(g).all() for g in grads):
+        # One fused norm over all gradients: a per-tensor isfinite check costs seconds per step on
+        # SD's 123M-parameter encoder (measured by the bench), the norm about 0.1 s.
+        if scaler is None and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
             # Dropping the gradients makes the optimizer skip every parameter this step.
             optimizer.zero_grad(set_to_none=True)
             self._stop_on_divergence("a gradient is NaN or infinite")
