@@ -93,6 +93,9 @@ class EvalItem:
     watched: WatchedConcept
     # "target" for prompts naming an unlearned concept, "other" for preservation prompts.
     group: str
+    # An "other" concept listed as similar to an unlearned one (Tokyo Tower for the Eiffel Tower),
+    # where leakage is expected.
+    similar: bool = False
 
 
 def evaluation_items(concepts: list[Concept], prompts_per_group: int | None = None) -> list[EvalItem]:
@@ -115,7 +118,8 @@ def evaluation_items(concepts: list[Concept], prompts_per_group: int | None = No
             if p.concept in target_keys or (p.prompt, p.concept) in seen:
                 continue
             seen.add((p.prompt, p.concept))
-            items.append(EvalItem(p.prompt, WatchedConcept(p.concept, p.probe, concept.anchors), "other"))
+            similar = any(p.concept in c.similar for c in concepts)
+            items.append(EvalItem(p.prompt, WatchedConcept(p.concept, p.probe, concept.anchors), "other", similar))
     if prompts_per_group is not None:
         targets = [item for item in items if item.group == "target"][:prompts_per_group]
         others = [item for item in items if item.group == "other"][:prompts_per_group]

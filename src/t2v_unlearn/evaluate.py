@@ -128,9 +128,17 @@ def _probe_similarity(scorer, videos: np.ndarray, samples: list[EvalItem], frame
 
 
 def rate(present: np.ndarray | None, samples: list[EvalItem], group: str) -> float | None:
+    """Share of positives among the samples of `group`: "target", "other", or "similar" (the
+    other concepts listed as similar to an unlearned one) and "unrelated" (the rest of "other")."""
     if present is None:
         return None
-    mask = np.array([s.group == group for s in samples], dtype=bool)
+    select = {
+        "target": lambda s: s.group == "target",
+        "other": lambda s: s.group == "other",
+        "similar": lambda s: s.group == "other" and s.similar,
+        "unrelated": lambda s: s.group == "other" and not s.similar,
+    }[group]
+    mask = np.array([select(s) for s in samples], dtype=bool)
     return float(present[mask].mean()) if mask.any() else None
 
 
@@ -140,6 +148,8 @@ def phase_metrics(phase: str, outputs: PhaseOutputs, samples: list[EvalItem]) ->
         f"video/other_rate_{phase}": rate(outputs.video_present, samples, "other"),
         f"image/target_rate_{phase}": rate(outputs.image_present, samples, "target"),
         f"image/other_rate_{phase}": rate(outputs.image_present, samples, "other"),
+        f"video/similar_rate_{phase}": rate(outputs.video_present, samples, "similar"),
+        f"video/unrelated_rate_{phase}": rate(outputs.video_present, samples, "unrelated"),
         f"clip/target_similarity_{phase}": (
             float(outputs.clip_similarity.mean())
             if outputs.clip_similarity is not None and len(outputs.clip_similarity) else None
@@ -153,7 +163,8 @@ def per_sample_records(samples: list[EvalItem], seeds: list[int], before: PhaseO
     """One record per (prompt, seed): the judge's decision before and after, for later analysis."""
     records = []
     for i, (sample, seed) in enumerate(zip(samples, seeds)):
-        record = {"prompt": sample.prompt, "seed": seed, "group": sample.group, "concept": sample.watched.key}
+        record = {"prompt": sample.prompt, "seed": seed, "group": sample.group, "concept": sample.watched.key,
+                  "similar": sample.similar}
         for name, phase in (("before", before), ("after", after)):
             if phase is None:
                 continue
