@@ -29,7 +29,7 @@ from t2v_unlearn.backends.pretrained import (
     resolve_placement,
     resolve_sources,
 )
-from t2v_unlearn.backends.tiny import SD1_SCHEDULE, tiny_text_encoder, tiny_unet, tiny_vae
+from t2v_unlearn.backends.tiny import SD1_SCHEDULE, tiny_sd1_image_pipeline
 from t2v_unlearn.models.lavie import (
     LaViePipeline,
     LaVieUNet3DConditionModel,
@@ -37,7 +37,6 @@ from t2v_unlearn.models.lavie import (
     lavie_unet_from_state_dict,
     load_lavie_checkpoint,
 )
-from t2v_unlearn.tokenizer import build_clip_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +133,13 @@ def build_tiny_lavie_backend(
     generation_batch_size: int = 4,
 ) -> Backend:
     """SMOKE TEST: tiny random SD 1.x components and a LaVie UNet inflated from the tiny image UNet."""
-    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+    from diffusers import DDPMScheduler
 
-    tokenizer = build_clip_tokenizer()
-    text_encoder = tiny_text_encoder(seed=seed)
-    vae = tiny_vae(seed=seed + 1)
     # One head per block: LaVie rotates the first 32 channels of each temporal head, so heads must be
     # at least 32 wide.
-    unet = tiny_unet(sample_size=image_size // 2, seed=seed + 2, heads=1)
+    image_pipeline = tiny_sd1_image_pipeline(seed=seed, image_size=image_size, heads=1)
+    tokenizer, text_encoder = image_pipeline.tokenizer, image_pipeline.text_encoder
+    vae, unet = image_pipeline.vae, image_pipeline.unet
     torch.manual_seed(seed + 3)
     video_unet = LaVieUNet3DConditionModel.from_unet2d(unet)
     # Random temporal output projections, so the temporal layers take part in the smoke test (the
@@ -149,10 +147,6 @@ def build_tiny_lavie_backend(
     for name, parameter in video_unet.named_parameters():
         if "attn_temp.to_out" in name:
             torch.nn.init.normal_(parameter, std=0.02)
-    sampler = DDIMScheduler(**SD1_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    image_pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                             scheduler=sampler, safety_checker=None, feature_extractor=None,
-                                             requires_safety_checker=False)
     video_pipeline = LaViePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=video_unet,
                                    scheduler=lavie_scheduler())
     for module in (vae, unet, video_unet, text_encoder):

@@ -92,6 +92,23 @@ def tiny_motion_adapter(seed: int = 0) -> MotionAdapter:
     )
 
 
+def tiny_sd1_image_pipeline(seed: int = 0, image_size: int = 32, heads: int = 8) -> StableDiffusionPipeline:
+    """Build a random SD 1.x-style text-to-image pipeline (DDIM sampler, no safety checker).
+
+    Its text encoder, VAE and UNet use seeds `seed`, `seed + 1` and `seed + 2`.
+    """
+    return StableDiffusionPipeline(
+        vae=tiny_vae(seed=seed + 1),
+        text_encoder=tiny_text_encoder(seed=seed),
+        tokenizer=build_clip_tokenizer(),
+        unet=tiny_unet(sample_size=image_size // 2, seed=seed + 2, heads=heads),
+        scheduler=DDIMScheduler(**SD1_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def build_tiny_animatediff_backend(
     seed: int = 0,
     image_size: int = 32,
@@ -102,24 +119,11 @@ def build_tiny_animatediff_backend(
     generation_batch_size: int = 4,
 ) -> Backend:
     """Build SD 1.x-style text-to-image components and an AnimateDiff video pipeline, all random."""
-    tokenizer = build_clip_tokenizer()
-    text_encoder = tiny_text_encoder(seed=seed)
-    vae = tiny_vae(seed=seed + 1)
-    unet = tiny_unet(sample_size=image_size // 2, seed=seed + 2)
+    image_pipeline = tiny_sd1_image_pipeline(seed=seed, image_size=image_size)
+    tokenizer, text_encoder = image_pipeline.tokenizer, image_pipeline.text_encoder
+    vae, unet, sampler = image_pipeline.vae, image_pipeline.unet, image_pipeline.scheduler
     adapter = tiny_motion_adapter(seed=seed + 3)
-
     noise_scheduler = DDPMScheduler(**SD1_SCHEDULE)
-    sampler = DDIMScheduler(**SD1_SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    image_pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=sampler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
     motion_unet = UNetMotionModel.from_unet2d(unet, adapter).eval()
     video_pipeline = AnimateDiffPipeline(
         vae=vae,
