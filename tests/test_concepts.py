@@ -11,7 +11,9 @@ def test_concept_config_loads(name):
     cfg = compose_config([f"concept={name}"])
     (concept,) = load_concepts(cfg.concepts)
     assert concept.key == name
-    assert concept.image_prompts and concept.eval_prompts and concept.preserve_prompts
+    assert concept.image_prompts
+    assert concept.eval_prompts
+    assert concept.preserve_prompts
     assert concept.kind == ("style" if name == "van_gogh" else "object")
 
 

@@ -9,7 +9,7 @@ from t2v_unlearn.export import PROVENANCE_FILE, save_text_encoder
 def test_saved_encoder_reloads_identically(tiny_backend, tmp_path):
     encoder = tiny_backend.text_encoder
     with torch.no_grad():
-        encoder.get_input_embeddings().weight.mul_(1.5)  # stands in for an unlearned encoder
+        encoder.get_input_embeddings().weight.mul_(1.5)  # plays the part of an unlearned encoder
     save_text_encoder(encoder, tmp_path / "text_encoder", {"concepts": ["eiffel"], "shots": 2})
 
     assert (tmp_path / "text_encoder" / "model.safetensors").is_file()

@@ -32,7 +32,7 @@ class EvalSettings:
 
 @dataclass
 class PhaseOutputs:
-    """What one phase ("before" or "after") produced and what the judge decided."""
+    """Outputs of one phase ("before" or "after") and the judge's decisions on them."""
 
     video_present: np.ndarray | None  # (n_samples,) bool
     image_present: np.ndarray | None
@@ -68,7 +68,7 @@ def judge_images(judge: Judge, images: np.ndarray, samples: list[EvalItem]) -> n
 
 
 def judge_videos(judge: Judge, videos: np.ndarray, samples: list[EvalItem], frames_to_judge: int) -> np.ndarray:
-    """A video shows the concept when any of `frames_to_judge` uniformly sampled frames does."""
+    """Judge each video: it shows the concept when any of `frames_to_judge` uniformly sampled frames does."""
     frame_index = sample_frame_indices(videos.shape[1], frames_to_judge)
     frames = videos[:, frame_index]  # (n, k, h, w, 3)
     n, k = frames.shape[:2]
@@ -160,7 +160,7 @@ def phase_metrics(phase: str, outputs: PhaseOutputs, samples: list[EvalItem]) ->
 
 def per_sample_records(samples: list[EvalItem], seeds: list[int], before: PhaseOutputs,
                        after: PhaseOutputs | None) -> list[dict]:
-    """One record per (prompt, seed): the judge's decision before and after, for later analysis."""
+    """Build one record per (prompt, seed) with the judge's decision before and after, for later analysis."""
     records = []
     for i, (sample, seed) in enumerate(zip(samples, seeds)):
         record = {"prompt": sample.prompt, "seed": seed, "group": sample.group, "concept": sample.watched.key,

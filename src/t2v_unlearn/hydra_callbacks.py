@@ -1,4 +1,4 @@
-"""Hydra callbacks: refuse to run into a folder that already holds a finished run."""
+"""Hydra callbacks: reject a run into a folder that already contains a finished run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
-# Written last by a run, so its presence means the folder holds a finished run.
+# Written last by a run, so its presence means the folder contains a finished run.
 FINISHED_MARKER = "metrics.json"
 
 
@@ -20,7 +20,7 @@ class FinishedRunError(RuntimeError):
 
 
 def check_run_dir(run_dir: str | Path, overwrite: bool) -> None:
-    """Raise when `run_dir` holds a finished run, unless `overwrite` is true."""
+    """Raise when `run_dir` contains a finished run, unless `overwrite` is true."""
     marker = Path(run_dir) / FINISHED_MARKER
     if marker.exists() and not overwrite:
         raise FinishedRunError(
@@ -30,7 +30,7 @@ def check_run_dir(run_dir: str | Path, overwrite: bool) -> None:
 
 
 class RejectFinishedRunDir(Callback):
-    """Keep Hydra from writing its `.hydra/` files into a folder that holds a finished run.
+    """Keep Hydra from writing its `.hydra/` files into a folder that contains a finished run.
 
     Hydra only warns when a callback raises, so this callback does not raise: it turns off the
     `.hydra/` config files of this launch, and the task function then stops with the error (see

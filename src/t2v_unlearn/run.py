@@ -113,7 +113,7 @@ def validate_settings(cfg: DictConfig) -> None:
             raise ValueError(message)
 
 
-# What a run writes; `overwrite=true` removes these from the folder before the new run starts.
+# Outputs of a run. `overwrite=true` removes these from the folder before the new run starts.
 RUN_OUTPUTS = ("metrics.json", "eval_samples.json", "fewshot", "videos", "images", "text_encoder")
 
 

@@ -57,7 +57,7 @@ def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor
 
 
 class DivergenceError(RuntimeError):
-    """The unlearning loss became NaN or infinite."""
+    """Raised when the unlearning loss becomes NaN or infinite."""
 
 
 class TextEncoderUnlearning(pl.LightningModule):
@@ -103,7 +103,7 @@ class TextEncoderUnlearning(pl.LightningModule):
         if retain_space not in RETAIN_SPACES:
             raise ValueError(f"retain.space='{retain_space}' is not supported; use one of {list(RETAIN_SPACES)}")
         self.retain_space = retain_space
-        # Set when a non-finite loss or gradient stopped training. The encoder then holds the
+        # Set when a non-finite loss or gradient stopped training. The encoder then has the
         # parameters that gave the last finite loss.
         self.diverged_at_step: int | None = None
         # Optimizer steps that changed the encoder (Lightning's global_step also counts skipped ones).
@@ -248,7 +248,7 @@ class TextEncoderUnlearning(pl.LightningModule):
 
         if not torch.isfinite(loss):
             # The parameters that gave this loss came from the previous step: undo it, so the encoder
-            # holds the parameters of the last finite loss. Returning None skips backward and the
+            # has the parameters of the last finite loss. Returning None skips backward and the
             # optimizer step.
             self._undo_last_step()
             self._stop_on_divergence(f"loss is {loss.item()}")

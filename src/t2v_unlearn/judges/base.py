@@ -1,4 +1,4 @@
-"""What a judge is: something that says whether a concept is visible in images."""
+"""The judge interface: decides whether a concept is visible in images."""
 
 from __future__ import annotations
 
