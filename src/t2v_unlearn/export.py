@@ -15,6 +15,9 @@ from t2v_unlearn.io import atomic_directory, write_json_atomic
 log = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "unlearning.json"
+# Provenance key of `fingerprint_module` of the text encoder before unlearning. Loaders that swap the
+# unlearned encoder into another model compare it with that model's own encoder.
+BASE_FINGERPRINT_KEY = "base_text_encoder_fingerprint"
 _PACKAGES = ("t2v-unlearn", "torch", "diffusers", "transformers", "open_clip_torch", "pytorch-lightning",
              "hydra-core")
 

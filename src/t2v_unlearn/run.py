@@ -16,17 +16,19 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from t2v_unlearn.backends.bundle import fingerprint_module
+from t2v_unlearn.backends.loading import ModelLoadError
+from t2v_unlearn.backends.upscaler import check_upscaler_concepts
 from t2v_unlearn.concepts import PromptTemplates, evaluation_items, load_concepts
 from t2v_unlearn.data import LatentPromptDataset, UnlearningDataModule, encode_images, random_latents
-from t2v_unlearn.evaluate import EvalSettings, expand, per_sample_records, phase_metrics, run_phase
 from t2v_unlearn.early_stopping import JudgeEarlyStopping
-from t2v_unlearn.export import SaveTextEncoderEachEpoch, save_text_encoder
+from t2v_unlearn.evaluate import EvalSettings, expand, per_sample_records, phase_metrics, run_phase
+from t2v_unlearn.export import BASE_FINGERPRINT_KEY, SaveTextEncoderEachEpoch, save_text_encoder
 from t2v_unlearn.fewshot import collect_fewshot
 from t2v_unlearn.hydra_callbacks import FINISHED_MARKER, check_run_dir
 from t2v_unlearn.io import write_json_atomic
 from t2v_unlearn.judges.clip import clip_scorer_for
 from t2v_unlearn.tracking import finish, log_media, log_metrics
-from t2v_unlearn.backends.loading import ModelLoadError
 from t2v_unlearn.unlearn import (
     RETAIN_SPACES,
     TRAINABLE_CHOICES,
@@ -153,6 +155,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     templates = PromptTemplates(**OmegaConf.to_container(cfg.prompts, resolve=True))
     log.info("Unlearning %s with %d shot(s) per concept", ", ".join(c.name for c in concepts), cfg.shots)
     backend = build_backend(cfg.model)
+    check_upscaler_concepts(backend, [c.key for c in concepts])
     judge = build_judge(cfg.judge, backend)
     scorer = clip_scorer_for(backend.clip, backend.device) if cfg.eval.clip_similarity else None
     logger = instantiate(cfg.logger) if cfg.get("logger") else None
@@ -203,6 +206,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "method": _config_choice("method"),
         "optimizer": OmegaConf.to_container(cfg.optim, resolve=True),
         "base_model_id": backend.model_id,
+        # Computed before the training below changes the encoder.
+        BASE_FINGERPRINT_KEY: fingerprint_module(backend.text_encoder),
         "backend": backend.name,
         "seed": int(cfg.seed),
         "fewshot_seed": int(cfg.fewshot_seed),

@@ -9,6 +9,7 @@ assignment on each pipeline, so any diffusers-style pipeline with a `text_encode
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,10 @@ class Backend:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # Images per pipeline call while generating.
     generation_batch_size: int = 4
+    # Optional step that `generate_videos` applies to its output, such as a super-resolution stage.
+    # Called as `video_postprocess(videos, prompts, seeds, text_encoder)`, where `text_encoder` is the
+    # encoder that rendered the videos. It returns the new uint8 `(n, frames, h, w, 3)` videos.
+    video_postprocess: Callable[[np.ndarray, list[str], list[int], torch.nn.Module], np.ndarray] | None = None
 
     @property
     def vae_scaling_factor(self) -> float:
@@ -65,10 +70,17 @@ class Backend:
         desc: str = "videos",
         **overrides: Any,
     ) -> np.ndarray:
-        """Generate one video per (prompt, seed) pair; returns uint8 `(n, frames, h, w, 3)`."""
+        """Generate one video per (prompt, seed) pair; returns uint8 `(n, frames, h, w, 3)`.
+
+        With `video_postprocess` set, the videos pass through it before they are returned.
+        """
         kwargs = {**self.video_kwargs, **overrides}
         chunks = self._run_pipeline(self.video_pipeline, prompts, seeds, text_encoder, kwargs, desc, "frames")
-        return np.concatenate(chunks, axis=0)
+        videos = np.concatenate(chunks, axis=0)
+        if self.video_postprocess is not None:
+            used_encoder = text_encoder if text_encoder is not None else self.text_encoder
+            videos = self.video_postprocess(videos, prompts, seeds, used_encoder)
+        return videos
 
     @torch.no_grad()
     def _run_pipeline(self, pipeline, prompts, seeds, text_encoder, kwargs, desc, output_field):

@@ -6,8 +6,10 @@ objects, and the unlearned encoder reaches it by construction.
 
 LaVie's later stages: the interpolation stage reads prompts through the same SD 1.x encoder, so
 the unlearning carries over. The super-resolution stage runs Stable Diffusion's x4 upscaler, whose
-OpenCLIP-H encoder also reads the prompt; the concept can leak back there. This backend renders the
-base stage only.
+OpenCLIP-H encoder also reads the prompt, so the concept can leak back there. This backend renders
+the base stage, and with `upscale.enabled` it adds a super-resolution step: diffusers' image x4
+upscaler on each frame (not LaVie's VSR model, which adds temporal layers), whose prompt mode
+controls that leak (see `upscaler`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ from t2v_unlearn.backends.pretrained import (
     resolve_sources,
 )
 from t2v_unlearn.backends.tiny import SD1_SCHEDULE, tiny_sd1_image_pipeline
+from t2v_unlearn.backends.upscaler import (
+    UpscaleSettings,
+    build_tiny_video_upscaler,
+    load_video_upscaler,
+    resolve_upscaler_source,
+    unlearned_encoder_problems,
+)
 from t2v_unlearn.models.lavie import (
     LaViePipeline,
     LaVieUNet3DConditionModel,
@@ -83,8 +92,14 @@ def build_lavie_backend(
     video_kwargs: dict | None = None,
     clip: dict | None = None,
     generation_batch_size: int = 4,
+    upscale: dict | None = None,
 ) -> Backend:
-    """Load SD 1.5 (local folder or Hub id) and LaVie's base UNet on the same text encoder."""
+    """Load SD 1.5 (local folder or Hub id) and LaVie's base UNet on the same text encoder.
+
+    `upscale` is the `upscale:` block of the config (see `upscaler.UpscaleSettings`). When it is
+    enabled, `generate_videos` upscales every video 4x with the x4 upscaler.
+    """
+    upscale_settings = UpscaleSettings.from_options(upscale)
     placement = resolve_placement(device, dtype, reference_sampling)
     problems = []
     if not Path(lavie_path).expanduser().exists():
@@ -95,6 +110,13 @@ def build_lavie_backend(
                  option="model.backend.sd_path", hub_id=SD15_HUB_ID, revision=revision, cache_dir=cache_dir))
     except ModelLoadError as error:
         problems.insert(0, str(error))
+    upscaler_source = None
+    if upscale_settings.enabled:
+        try:
+            upscaler_source = resolve_upscaler_source(upscale_settings, cache_dir)
+        except ModelLoadError as error:
+            problems.append(str(error))
+        problems += unlearned_encoder_problems(upscale_settings)
     if problems:
         raise ModelLoadError("\n\n".join(problems))
 
@@ -105,6 +127,10 @@ def build_lavie_backend(
                                    unet=video_unet, scheduler=lavie_scheduler())
     log.info("Loaded LaVie backend: %s + %s on %s (frozen %s)", parts.model_id, lavie_path, placement.device,
              placement.frozen_dtype)
+    upscaler = None
+    if upscaler_source is not None:
+        upscaler = load_video_upscaler(upscale_settings, upscaler_source, placement.device, placement.frozen_dtype,
+                                       parts.text_encoder)
     return Backend(
         name="lavie",
         model_id=f"{parts.model_id} + lavie:{Path(lavie_path).name}",
@@ -120,6 +146,7 @@ def build_lavie_backend(
         clip=dict(clip) if clip else dict(DEFAULT_CLIP),
         device=placement.device,
         generation_batch_size=1 if reference_sampling else int(generation_batch_size),
+        video_postprocess=upscaler,
     )
 
 
@@ -131,10 +158,16 @@ def build_tiny_lavie_backend(
     guidance_scale: float = 5.0,
     device: str = "cpu",
     generation_batch_size: int = 4,
+    upscale: dict | None = None,
 ) -> Backend:
-    """SMOKE TEST: tiny random SD 1.x components and a LaVie UNet inflated from the tiny image UNet."""
+    """SMOKE TEST: tiny random SD 1.x components and a LaVie UNet inflated from the tiny image UNet.
+
+    With `upscale.enabled`, a tiny random x4 upscaler of the real classes upscales every video. Its
+    text encoder is the SD 2.x encoder of `modelscope_tiny` with the same seed.
+    """
     from diffusers import DDPMScheduler
 
+    upscale_settings = UpscaleSettings.from_options(upscale)
     # One head per block: LaVie rotates the first 32 channels of each temporal head, so heads must be
     # at least 32 wide.
     image_pipeline = tiny_sd1_image_pipeline(seed=seed, image_size=image_size, heads=1)
@@ -154,6 +187,9 @@ def build_tiny_lavie_backend(
         module.to(device)
     common = dict(height=image_size, width=image_size, num_inference_steps=num_inference_steps,
                   guidance_scale=guidance_scale)
+    upscaler = None
+    if upscale_settings.enabled:
+        upscaler = build_tiny_video_upscaler(upscale_settings, seed, text_encoder, device)
     return Backend(
         name="lavie_tiny",
         model_id=f"t2v_unlearn/lavie_tiny@seed{seed}",
@@ -169,4 +205,5 @@ def build_tiny_lavie_backend(
         clip={"model_name": "t2v-unlearn-tiny-clip", "pretrained": None, "seed": seed},
         device=torch.device(device),
         generation_batch_size=generation_batch_size,
+        video_postprocess=upscaler,
     )

@@ -58,8 +58,10 @@ class EncoderComparison:
         return "\n".join(lines)
 
 
-def encoder_config(encoder: torch.nn.Module) -> dict:
-    return {k: v for k, v in encoder.config.to_dict().items() if k not in IGNORED_CONFIG_KEYS}
+def encoder_config(encoder) -> dict:
+    """Return the architecture fields of a text encoder, or of its config (a transformers `PretrainedConfig`)."""
+    config = encoder.config if isinstance(encoder, torch.nn.Module) else encoder
+    return {k: v for k, v in config.to_dict().items() if k not in IGNORED_CONFIG_KEYS}
 
 
 def compare_tokenizers(image_tokenizer, video_tokenizer) -> list[str]:

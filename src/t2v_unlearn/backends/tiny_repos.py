@@ -1,8 +1,9 @@
 """Write tiny random-weight repositories laid out like the Hub ones, to smoke-test the real loaders.
 
 Each folder is what `save_pretrained` writes for the real model's pipeline class (`model_index.json`
-plus one subfolder per component), so `build_animatediff_backend` and `build_modelscope_backend` load
-it exactly as they load a downloaded model, offline and in seconds:
+plus one subfolder per component), so `build_animatediff_backend`, `build_modelscope_backend` and the
+LaVie backend's upscaler (`model.backend.upscale.path`) load it exactly as they load a downloaded
+model, offline and in seconds:
 
     python -m t2v_unlearn.backends.tiny_repos /tmp/tiny_repos
     HF_HUB_OFFLINE=1 python train.py model=animatediff model.backend.sd_path=/tmp/tiny_repos/sd15 \
@@ -23,8 +24,19 @@ from pathlib import Path
 
 from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
 
-from t2v_unlearn.backends.tiny import SD1_SCHEDULE, tiny_motion_adapter, tiny_text_encoder, tiny_unet, tiny_vae
-from t2v_unlearn.backends.tiny_sd2 import SD2_SCHEDULE, tiny_sd2_pipeline, tiny_text_to_video_pipeline
+from t2v_unlearn.backends.tiny import (
+    SD1_SCHEDULE,
+    tiny_motion_adapter,
+    tiny_text_encoder,
+    tiny_unet,
+    tiny_vae,
+)
+from t2v_unlearn.backends.tiny_sd2 import (
+    SD2_SCHEDULE,
+    tiny_sd2_pipeline,
+    tiny_text_to_video_pipeline,
+    tiny_upscale_pipeline,
+)
 from t2v_unlearn.tokenizer import build_clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -79,20 +91,32 @@ def save_tiny_text_to_video_repo(folder: str | Path, seed: int = 0, text_encoder
     return Path(folder)
 
 
+def save_tiny_upscaler_repo(folder: str | Path, seed: int = 0, text_encoder_seed: int | None = None) -> Path:
+    """Write a random `StableDiffusionUpscalePipeline` folder laid out like stable-diffusion-x4-upscaler.
+
+    With the default `text_encoder_seed` (= `seed`), its text encoder equals that of
+    `save_tiny_sd21_repo(seed=seed)`.
+    """
+    tiny_upscale_pipeline(seed=seed, text_encoder_seed=text_encoder_seed).save_pretrained(folder)
+    return Path(folder)
+
+
 def save_all(root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Write the four repositories under `root`: sd15, motion_adapter, sd21_base and modelscope."""
+    """Write the repositories sd15, motion_adapter, sd21_base, modelscope and sd_x4_upscaler under `root`."""
     root = Path(root)
     return {
         "sd15": save_tiny_sd15_repo(root / "sd15", seed=seed),
         "motion_adapter": save_tiny_motion_adapter(root / "motion_adapter", seed=seed + 3),
         "sd21_base": save_tiny_sd21_repo(root / "sd21_base", seed=seed),
         "modelscope": save_tiny_text_to_video_repo(root / "modelscope", seed=seed),
+        "sd_x4_upscaler": save_tiny_upscaler_repo(root / "sd_x4_upscaler", seed=seed),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path, help="folder to write sd15/, motion_adapter/, sd21_base/, modelscope/ into")
+    parser.add_argument("root", type=Path,
+                        help="folder to write sd15/, motion_adapter/, sd21_base/, modelscope/, sd_x4_upscaler/ into")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -14,9 +14,12 @@ import logging
 
 import torch
 from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     StableDiffusionPipeline,
+    StableDiffusionUpscalePipeline,
     TextToVideoSDPipeline,
     UNet2DConditionModel,
     UNet3DConditionModel,
@@ -38,6 +41,11 @@ log = logging.getLogger(__name__)
 SD2_SCHEDULE = SD1_SCHEDULE
 # The clip spec of the tiny backends: a random open_clip model that ships with this package.
 TINY_CLIP_MODEL = "t2v-unlearn-tiny-clip"
+# The noise schedule in the scheduler configs of stabilityai/stable-diffusion-x4-upscaler: DDIM with
+# v-prediction samples, and DDPM with epsilon adds noise to the low-resolution input.
+UPSCALER_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
+                     "beta_schedule": "scaled_linear"}
+UPSCALER_MAX_NOISE_LEVEL = 350
 
 
 def tiny_sd2_tokenizer() -> CLIPTokenizer:
@@ -197,4 +205,67 @@ def build_tiny_sd2_video_backend(
         clip={"model_name": TINY_CLIP_MODEL, "pretrained": None, "seed": seed},
         device=torch.device(device),
         generation_batch_size=generation_batch_size,
+    )
+
+
+def tiny_upscaler_unet(cross_attention_dim: int = 32, sample_size: int = 32, seed: int = 0) -> UNet2DConditionModel:
+    """Return a random UNet with the x4 upscaler's architecture flags at a tiny size.
+
+    As in the real one: 7 input channels (4 latent + 3 low-resolution RGB), the noise level embedded
+    as a class label (`num_class_embeds` 1000), linear projections, and no self-attention in the
+    first cross-attention down blocks (`only_cross_attention`). The last down block, the first up
+    block and the mid block keep self-attention.
+    """
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=7,
+        out_channels=4,
+        block_out_channels=(32, 32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        only_cross_attention=(True, True, False),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=2,
+        use_linear_projection=True,
+        num_class_embeds=1000,
+        norm_num_groups=8,
+    ).eval()
+
+
+def tiny_upscaler_vae(seed: int = 0) -> AutoencoderKL:
+    """Return a random 3-block `AutoencoderKL`, whose decoder enlarges latents 4x like the x4 upscaler's."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=128,
+        scaling_factor=0.08333,
+    ).eval()
+
+
+def tiny_upscale_pipeline(seed: int = 0, text_encoder_seed: int | None = None) -> StableDiffusionUpscalePipeline:
+    """Return a random x4 upscaler of the real classes, with a text encoder from `text_encoder_seed`.
+
+    With the default `text_encoder_seed` (= `seed`), that encoder equals the SD 2.x encoder of
+    `build_tiny_sd2_video_backend(seed=seed)`, so the unlearned encoder of a `modelscope_tiny` run
+    with that seed passes the upscaler's base-fingerprint check.
+    """
+    text_encoder_seed = seed if text_encoder_seed is None else text_encoder_seed
+    return StableDiffusionUpscalePipeline(
+        vae=tiny_upscaler_vae(seed=seed + 1),
+        text_encoder=tiny_sd2_text_encoder(seed=text_encoder_seed),
+        tokenizer=tiny_sd2_tokenizer(),
+        unet=tiny_upscaler_unet(seed=seed + 2),
+        low_res_scheduler=DDPMScheduler(**UPSCALER_SCHEDULE, clip_sample=True, prediction_type="epsilon"),
+        scheduler=DDIMScheduler(**UPSCALER_SCHEDULE, prediction_type="v_prediction", clip_sample=False,
+                                set_alpha_to_one=False, steps_offset=1),
+        max_noise_level=UPSCALER_MAX_NOISE_LEVEL,
     )
