@@ -11,8 +11,8 @@ import gzip
 from importlib import resources
 from pathlib import Path
 
-from transformers import CLIPTokenizer
 from open_clip.tokenizer import bytes_to_unicode
+from transformers import CLIPTokenizer
 
 # OpenAI CLIP uses the first 49,152 - 256 - 2 merges of the file (its first line is a header).
 NUM_MERGES = 49152 - 256 - 2
