@@ -3,10 +3,10 @@ import json
 from t2v_unlearn.analysis.locality import collect_runs, main, mark_pareto_front
 
 
-def make_run(root, name, concept, lr, target, other):
+def make_run(root, name, concept, lr, target, other, extra=""):
     folder = root / name
     (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text(f"- concept={concept}\n- optim.lr={lr}\n")
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- concept={concept}\n- optim.lr={lr}\n- logger=none\n{extra}")
     (folder / "text_encoder").mkdir()
     (folder / "text_encoder" / "unlearning.json").write_text(json.dumps({"concepts": [concept], "method": "paper"}))
     metrics = {"video/target_rate_after": target, "video/other_rate_after": other,
@@ -31,10 +31,13 @@ def test_pareto_front_per_concept(tmp_path):
 
 def test_report_files_written(tmp_path):
     make_run(tmp_path / "sweep", "0", "eiffel", 1e-5, 1.0, 1.0)
-    make_run(tmp_path / "sweep", "1", "eiffel", 1e-4, 0.2, 0.9)
+    make_run(tmp_path / "sweep", "1", "eiffel", 1e-4, 0.2, 0.9, extra="- retain.weight=3\n")
     main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report"), "--command", "python train.py -m ..."])
     table = (tmp_path / "report" / "locality.md").read_text()
-    assert "| eiffel | 0.0001 |" in table
+    # Settings that vary get a column (blank where a run did not set it); constant ones do not.
+    assert "| eiffel | paper | 0.0001 | 3 | 1.00 | 0.20 | 1.00 | 0.90 | yes |" in table
+    assert "| eiffel | paper | 1e-05 |  | 1.00 | 1.00 | 1.00 | 1.00 | yes |" in table
+    assert "logger" not in table
     assert "python train.py -m ..." in table
     assert (tmp_path / "report" / "locality_eiffel.png").stat().st_size > 1000
     assert len(json.loads((tmp_path / "report" / "locality.json").read_text())) == 2

@@ -64,3 +64,38 @@ def test_backend_clip_spec_loads(backend):
     matching = scorer.similarity(image, "a rocket flying in space")
     other = scorer.similarity(image, "a photo of the Eiffel Tower")
     assert matching[0] > other[0]
+
+
+@pytest.fixture(scope="module")
+def lavie_backend():
+    return build_toyworld_backend(video_model="lavie", video_kwargs={"num_inference_steps": 10})
+
+
+def test_lavie_video_model_shares_the_encoder_and_image_unet(lavie_backend):
+    from t2v_unlearn.models.lavie import LaVieUNet3DConditionModel
+
+    video_unet = lavie_backend.video_pipeline.unet
+    assert isinstance(video_unet, LaVieUNet3DConditionModel)
+    assert lavie_backend.video_pipeline.text_encoder is lavie_backend.text_encoder
+    assert lavie_backend.name == "toyworld_lavie"
+    # Every non-temporal weight of the video UNet is the image UNet's.
+    image_state = lavie_backend.unet.state_dict()
+    for key, value in video_unet.state_dict().items():
+        if "_temp" not in key:
+            assert torch.equal(value, image_state[key]), key
+
+
+def test_lavie_video_model_draws_the_named_concept(lavie_backend):
+    from t2v_unlearn.judges.detector import ToyWorldDetectorJudge
+
+    videos = lavie_backend.generate_videos(["a photo of the Eiffel Tower", "a photo of the Eiffel Tower"], [0, 1])
+    assert videos.shape == (2, 8, 32, 32, 3)
+    judge = ToyWorldDetectorJudge()
+    hits = judge.detect_all(videos.reshape(16, 32, 32, 3))
+    assert hits["eiffel"].mean() >= 0.75
+    assert hits["snoopy"].mean() <= 0.25
+
+
+def test_unknown_video_model_is_refused():
+    with pytest.raises(ValueError, match="unknown toy-world video_model 'lavie2'"):
+        build_toyworld_backend(video_model="lavie2")

@@ -84,6 +84,10 @@ def mark_pareto_front(runs: list[SweepRun]) -> list[SweepRun]:
     return runs
 
 
+def _rate(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None = None) -> Path:
     """Write `locality.json`, `locality.md` (a table) and `locality_<concepts>.png` (one plot each)."""
     import matplotlib
@@ -95,16 +99,19 @@ def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "locality.json").write_text(json.dumps([asdict(r) for r in runs], indent=2) + "\n")
 
-    swept_keys = sorted({k for r in runs for k in r.overrides if k not in ("concept", "hydra.sweep.dir")})
+    # Columns for the settings that differ between runs; the method has its own column.
+    keys = sorted({k for r in runs for k in r.overrides if k not in ("concept", "method", "hydra.sweep.dir")})
+    swept_keys = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
     lines = []
     if command:
         lines += ["Command:", "", "```bash", command, "```", ""]
-    header = ["concepts", *swept_keys, "method", "target after", "other after", "other before", "Pareto"]
+    header = ["concepts", "method", *swept_keys, "target before", "target after", "other before", "other after",
+              "Pareto"]
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for run in sorted(runs, key=lambda r: (r.concepts, r.target_after, -r.other_after)):
-        cells = [run.concepts, *[run.overrides.get(k, "") for k in swept_keys], run.method or "",
-                 f"{run.target_after:.2f}", f"{run.other_after:.2f}",
-                 "" if run.other_before is None else f"{run.other_before:.2f}", "yes" if run.pareto else ""]
+        cells = [run.concepts, run.method or "", *[run.overrides.get(k, "") for k in swept_keys],
+                 _rate(run.target_before), f"{run.target_after:.2f}", _rate(run.other_before),
+                 f"{run.other_after:.2f}", "yes" if run.pareto else ""]
         lines.append("| " + " | ".join(cells) + " |")
     (out_dir / "locality.md").write_text("\n".join(lines) + "\n")
 
@@ -117,8 +124,10 @@ def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None 
         axis.plot([r.target_after for r in front], [r.other_after for r in front], "o-", color="tab:red",
                   label="Pareto front")
         for run in group:
-            if run.method:
-                axis.annotate(run.method, (run.target_after, run.other_after), fontsize=7,
+            if run.pareto:
+                label = " ".join([run.method or "", *[f"{k.split('.')[-1]}={run.overrides[k]}"
+                                                      for k in swept_keys if k in run.overrides]])
+                axis.annotate(label.strip(), (run.target_after, run.other_after), fontsize=7,
                               textcoords="offset points", xytext=(4, 4))
         axis.set_xlabel("target detected after (lower is better)")
         axis.set_ylabel("others detected after (higher is better)")

@@ -72,51 +72,52 @@ def _detection_rates(named: list[frozenset], detected: dict[str, np.ndarray]) ->
 
 
 def generation_rates(backend, judge, prompts: list[str], image_seeds: int, video_seeds: int) -> dict:
-    """Generate images and videos for each prompt and measure detection rates and timing."""
-    named = [parse_caption(prompt).concepts() for prompt in prompts]
+    """Generate images and videos for each prompt and measure detection rates and timing.
 
-    image_prompts = [p for p in prompts for _ in range(image_seeds)]
-    image_seed_list = [s for _ in prompts for s in range(image_seeds)]
-    started = time.time()
-    images = backend.generate_images(image_prompts, image_seed_list, desc="gate images")
-    image_seconds = (time.time() - started) / len(image_prompts)
+    `image_seeds=0` measures videos only (for a second video model on the same image model).
+    """
+    named = [parse_caption(prompt).concepts() for prompt in prompts]
+    result = {}
+    image_hits = None
+    if image_seeds:
+        image_prompts = [p for p in prompts for _ in range(image_seeds)]
+        image_seed_list = [s for _ in prompts for s in range(image_seeds)]
+        started = time.time()
+        images = backend.generate_images(image_prompts, image_seed_list, desc="gate images")
+        result["seconds_per_image"] = (time.time() - started) / len(image_prompts)
+        result["num_images"] = len(image_prompts)
+        image_hits = judge.detect_all(images)
+        image_named = [names for names in named for _ in range(image_seeds)]
+        result["images"] = _detection_rates(image_named, image_hits)
 
     video_prompts = [p for p in prompts for _ in range(video_seeds)]
     video_seed_list = [s for _ in prompts for s in range(video_seeds)]
     started = time.time()
     videos = backend.generate_videos(video_prompts, video_seed_list, desc="gate videos")
-    video_seconds = (time.time() - started) / len(video_prompts)
+    result["seconds_per_video"] = (time.time() - started) / len(video_prompts)
+    result["num_videos"] = len(video_prompts)
 
-    image_named = [names for names in named for _ in range(image_seeds)]
     video_named = [names for names in named for _ in range(video_seeds)]
     n, f = videos.shape[:2]
     frame_hits = judge.detect_all(videos.reshape(n * f, *videos.shape[2:]))
     video_hits = {key: hits.reshape(n, f).mean(axis=1) >= VIDEO_FRAME_SHARE for key, hits in frame_hits.items()}
     frame_named = [names for names in video_named for _ in range(f)]
+    result["videos"] = _detection_rates(video_named, video_hits)
+    result["video_frames"] = _detection_rates(frame_named, frame_hits)
 
     per_prompt = []
-    image_hits = judge.detect_all(images)
     for index, prompt in enumerate(prompts):
-        rows = slice(index * image_seeds, (index + 1) * image_seeds)
         video_rows = slice(index * video_seeds, (index + 1) * video_seeds)
-        per_prompt.append({
-            "prompt": prompt,
-            "named": sorted(named[index]),
-            "images_detected": {key: float(image_hits[key][rows].mean()) for key in image_hits
-                                if image_hits[key][rows].any() or key in named[index]},
-            "videos_detected": {key: float(video_hits[key][video_rows].mean()) for key in video_hits
-                                if video_hits[key][video_rows].any() or key in named[index]},
-        })
-    return {
-        "images": _detection_rates(image_named, image_hits),
-        "videos": _detection_rates(video_named, video_hits),
-        "video_frames": _detection_rates(frame_named, frame_hits),
-        "per_prompt": per_prompt,
-        "seconds_per_image": image_seconds,
-        "seconds_per_video": video_seconds,
-        "num_images": len(image_prompts),
-        "num_videos": len(video_prompts),
-    }
+        row = {"prompt": prompt, "named": sorted(named[index])}
+        if image_hits is not None:
+            rows = slice(index * image_seeds, (index + 1) * image_seeds)
+            row["images_detected"] = {key: float(image_hits[key][rows].mean()) for key in image_hits
+                                      if image_hits[key][rows].any() or key in named[index]}
+        row["videos_detected"] = {key: float(video_hits[key][video_rows].mean()) for key in video_hits
+                                  if video_hits[key][video_rows].any() or key in named[index]}
+        per_prompt.append(row)
+    result["per_prompt"] = per_prompt
+    return result
 
 
 def _summarise(rates: dict) -> dict:
@@ -154,27 +155,52 @@ def measure_gates(weights_dir: str | None = None, quick: bool = False, concept_d
         "videos_summary": _summarise(generation["videos"]),
         "video_frames_summary": _summarise(generation["video_frames"]),
     }
+    weights = Path(weights_dir) if weights_dir else None
+    lavie_folder = (weights or _committed_weights()) / "lavie_temporal"
+    if lavie_folder.is_dir():
+        # The same prompts and seeds through the LaVie-architecture video model (model=toyworld_lavie).
+        lavie_backend = build_toyworld_backend(weights_dir, video_model="lavie")
+        lavie = generation_rates(lavie_backend, judge, prompts, 0, samples["video_seeds"])
+        result["generation_lavie"] = lavie
+        result["lavie_videos_summary"] = _summarise(lavie["videos"])
+        result["lavie_video_frames_summary"] = _summarise(lavie["video_frames"])
     # The main job generates about 20 images and 20 videos before and again after unlearning.
     result["main_job_generation_seconds"] = 2 * 20 * (generation["seconds_per_image"] + generation["seconds_per_video"])
     return result
 
 
+def _committed_weights() -> Path:
+    from t2v_unlearn.toyworld.train import default_weights_dir
+
+    return default_weights_dir()
+
+
 def format_table(result: dict) -> str:
     """Return the gate results as a Markdown table per concept plus a summary."""
     generation = result["generation"]
-    lines = ["| concept | detector accuracy | images named | images unnamed | videos named | videos unnamed |",
-             "|---|---|---|---|---|---|"]
+    lavie = result.get("generation_lavie")
+    header = "| concept | detector accuracy | images named | images unnamed | videos named | videos unnamed |"
+    rule = "|---|---|---|---|---|---|"
+    if lavie:
+        header += " LaVie videos named | LaVie videos unnamed |"
+        rule += "---|---|"
+    lines = [header, rule]
 
     def cell(value):
         return "-" if value is None else f"{value:.3f}"
 
     for key in concept_keys():
         image, video = generation["images"][key], generation["videos"][key]
-        lines.append(f"| {key} | {result['detector_accuracy'][key]:.4f} | {cell(image['named'])} "
-                     f"({image['named_count']}) | {cell(image['unnamed'])} | {cell(video['named'])} "
-                     f"({video['named_count']}) | {cell(video['unnamed'])} |")
+        line = (f"| {key} | {result['detector_accuracy'][key]:.4f} | {cell(image['named'])} "
+                f"({image['named_count']}) | {cell(image['unnamed'])} | {cell(video['named'])} "
+                f"({video['named_count']}) | {cell(video['unnamed'])} |")
+        if lavie:
+            lavie_video = lavie["videos"][key]
+            line += f" {cell(lavie_video['named'])} ({lavie_video['named_count']}) | {cell(lavie_video['unnamed'])} |"
+        lines.append(line)
     summary = []
-    for name in ("images", "videos", "video_frames"):
+    names = ["images", "videos", "video_frames"] + (["lavie_videos", "lavie_video_frames"] if lavie else [])
+    for name in names:
         s = result[f"{name}_summary"]
         summary.append(f"- {name}: min named {s['min_named']:.3f} ({s['min_named_concept']}), max unnamed "
                        f"{s['max_unnamed']:.3f} ({s['max_unnamed_concept']}): {'PASS' if s['passed'] else 'FAIL'}")
@@ -183,6 +209,8 @@ def format_table(result: dict) -> str:
     summary.append(f"- {generation['seconds_per_image']:.3f} s per image, {generation['seconds_per_video']:.3f} s "
                    f"per video ({result['torch_threads']} torch threads); 20 images + 20 videos before and after: "
                    f"{result['main_job_generation_seconds']:.0f} s")
+    if lavie:
+        summary.append(f"- LaVie-architecture video model: {lavie['seconds_per_video']:.3f} s per video")
     return "\n".join(lines + [""] + summary)
 
 
@@ -191,15 +219,17 @@ def write_model_card(path: Path, config: dict, metrics: dict, gates: dict) -> No
     data = metrics.get("data", {})
     total = sum(m.get("seconds", 0.0) for m in metrics.values() if isinstance(m, dict))
     rows = []
-    for stage in ("data", "vae", "latents", "detector", "clip", "unet", "motion"):
+    for stage in ("data", "vae", "decoder", "latents", "detector", "clip", "unet", "motion", "lavie"):
         m = metrics.get(stage, {})
         losses = (f"{m['first_loss']:.4f} -> {m['final_loss']:.4f}" if "first_loss" in m else "-")
         params = m.get("parameters") or m.get("unet_parameters") or m.get("trainable_parameters")
+        if not m:
+            continue
         rows.append(f"| {stage} | {m.get('steps', '-')} | {params or '-'} | {losses} | {m.get('seconds', 0):.0f} |")
     text = f"""# Toy-world models
 
 Small models of the real architecture classes (CLIPTextModel, UNet2DConditionModel, AutoencoderKL,
-AnimateDiff MotionAdapter, open_clip CLIP, a CNN detector), trained from scratch on the procedurally
+AnimateDiff MotionAdapter, LaVie's temporal layers, open_clip CLIP, a CNN detector), trained from scratch on the procedurally
 rendered toy world of `t2v_unlearn.toyworld` by `python -m t2v_unlearn.toyworld.train` (`make toyworld`).
 Weights are stored as fp16 safetensors (the detector in fp32) and run in fp32.
 
@@ -217,10 +247,11 @@ Weights are stored as fp16 safetensors (the detector in fp32) and run in fp32.
 
 Stage times sum to {total / 60:.0f} minutes on a 2-core CPU shared with other jobs (one torch thread per
 process; the detector and CLIP stages ran in parallel with the UNet stage, so wall time was shorter).
-VAE held-out reconstruction MSE (on [-1, 1]): {metrics.get('vae', {}).get('heldout_mse', float('nan')):.5f};
+VAE held-out reconstruction MSE (on [-1, 1]): {metrics.get('vae', {}).get('heldout_mse', float('nan')):.5f}
+after the VAE stage, {metrics.get('decoder', {}).get('heldout_mse', float('nan')):.5f} after the decoder stage;
 latent scaling factor {metrics.get('vae', {}).get('scaling_factor', float('nan')):.4f}.
 
-Sizes: {json.dumps({k: config[k] for k in ('vae', 'text_encoder', 'unet', 'motion_adapter', 'clip', 'detector')})}
+Sizes: {json.dumps({k: config[k] for k in ('vae', 'decoder', 'text_encoder', 'unet', 'motion_adapter', 'lavie', 'clip', 'detector') if k in config})}
 
 ## Quality gates (`python scripts/toyworld_gates.py`)
 Detector accuracy on {gates['samples']['heldout_renders']} fresh renders; generation over {gates['num_prompts']}
@@ -228,7 +259,8 @@ prompts (published and conf/concept/*.yaml) with {gates['samples']['image_seeds'
 {gates['samples']['video_seeds']} video seeds each, 20 DDIM steps, guidance 5. "named": share of
 generations whose prompt names the concept in which it is detected (count of generations in brackets);
 "unnamed": share of the others in which it is detected. A video shows a concept when it is
-detected in at least half of its frames. Gates: detector >= {GATES['detector_accuracy']}, named >=
+detected in at least half of its frames. "LaVie videos" come from the same prompts and seeds through
+the LaVie-architecture video model (`model=toyworld_lavie`). Gates: detector >= {GATES['detector_accuracy']}, named >=
 {GATES['named_detected']}, unnamed <= {GATES['unnamed_detected']}.
 
 {format_table(gates)}

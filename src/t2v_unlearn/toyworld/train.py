@@ -6,11 +6,14 @@ noise come from generators seeded by (seed, step), so a resumed run draws the sa
 
     data      render training images, held-out images and clips
     vae       AutoencoderKL, 32x32x3 -> 8x8x4
+    decoder   VAE decoder fine-tuned longer with the encoder frozen, so latents keep their meaning
     latents   encode images and clip frames once; decode some images for the detector
     detector  concept CNN on renders and VAE reconstructions, thresholds from held-out renders
     clip      small open_clip model, contrastive on renders and captions
-    unet      CLIPTextModel and UNet2DConditionModel jointly (DDPM loss, EMA)
+    unet      CLIPTextModel and UNet2DConditionModel jointly (DDPM loss, EMA); one or more cosine
+              learning-rate cycles, so a longer schedule extends a finished run step for step
     motion    AnimateDiff MotionAdapter on clips, text encoder and image UNet frozen
+    lavie     LaVie's temporal layers on the same frozen image UNet and text encoder
     card      quality gates and MODEL_CARD.md
 """
 
@@ -36,14 +39,17 @@ from t2v_unlearn.toyworld.grammar import concept_keys
 
 logger = logging.getLogger("t2v_unlearn.toyworld.train")
 
-STAGES = ["data", "vae", "latents", "detector", "clip", "unet", "motion", "card"]
+STAGES = ["data", "vae", "decoder", "latents", "detector", "clip", "unet", "motion", "lavie", "card"]
+# Seeds of the per-step generators. Fixed numbers, so adding a stage keeps every other stage's batches.
+STAGE_SEED_IDS = {"data": 0, "vae": 1, "latents": 2, "detector": 3, "clip": 4, "unet": 5, "motion": 6, "card": 7,
+                  "decoder": 8, "lavie": 9}
 CHECKPOINT_EVERY = 100
 LOG_EVERY = 50
 SMOKE_COUNTS = {
     ("data", "train_images"): 600, ("data", "heldout_images"): 200, ("data", "train_clips"): 40,
     ("data", "reconstructed_images"): 300, ("vae", "steps"): 20, ("unet", "steps"): 20,
     ("unet", "warmup_steps"): 5, ("motion_adapter", "steps"): 5, ("clip", "steps"): 10,
-    ("detector", "steps"): 20,
+    ("detector", "steps"): 20, ("decoder", "steps"): 10, ("lavie", "steps"): 5,
 }
 
 
@@ -57,7 +63,26 @@ def load_train_config(smoke: bool = False) -> dict:
     if smoke:
         for (section, key), value in SMOKE_COUNTS.items():
             config[section][key] = value
+        for cycle in config["unet"].get("extra_cycles", []):
+            cycle.update(steps=10, warmup_steps=2)
     return config
+
+
+def unet_cycles(cfg: dict) -> list[dict]:
+    """The UNet stage's cosine learning-rate cycles: the first from `steps`, `lr` and `warmup_steps`,
+    then `extra_cycles` (warm restarts), each starting where the previous one ended."""
+    first = {"steps": cfg["steps"], "lr": cfg["lr"], "warmup_steps": cfg["warmup_steps"]}
+    return [first, *cfg.get("extra_cycles", [])]
+
+
+def cycle_lr(step: int, cycles: list[dict]) -> float:
+    """Learning rate at a global step of a chain of cosine cycles."""
+    start = 0
+    for cycle in cycles:
+        if step < start + cycle["steps"]:
+            return _cosine_lr(step - start, cycle["steps"], cycle["warmup_steps"], cycle["lr"])
+        start += cycle["steps"]
+    raise ValueError(f"step {step} is past the last learning-rate cycle, which ends at step {start}")
 
 
 class Run:
@@ -112,7 +137,7 @@ class Run:
 
     def step_rng(self, stage: str, step: int) -> tuple[np.random.Generator, torch.Generator]:
         """Return numpy and torch generators that depend only on (seed, stage, step)."""
-        stage_id = STAGES.index(stage)
+        stage_id = STAGE_SEED_IDS[stage]
         rng = np.random.default_rng([self.seed, stage_id, step])
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         return rng, generator
@@ -204,7 +229,7 @@ def stage_vae(run: Run) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(mse))
+        losses.append(mse.item())
         if (step + 1) % LOG_EVERY == 0:
             logger.info("vae step %d: reconstruction mse %.5f", step + 1, np.mean(losses[-LOG_EVERY:]))
         if (step + 1) % CHECKPOINT_EVERY == 0:
@@ -228,9 +253,67 @@ def stage_vae(run: Run) -> dict:
             "scaling_factor": scaling_factor, "seconds": seconds}
 
 
-def load_trained_vae(run: Run):
+def stage_decoder(run: Run) -> dict:
+    cfg = run.config["decoder"]
+    train = run.load_pickle("train.pkl")
+    heldout = run.load_pickle("heldout.pkl")
     vae = build_vae(run.config["vae"], run.config["image_size"])
     vae.load_state_dict(torch.load(run.array_path("vae_fp32.pt")))
+    scaling_factor = run.metrics("vae")["scaling_factor"]
+    # Only the decoder side learns: the latents the UNet is trained on stay exactly the same.
+    vae.requires_grad_(False)
+    trainable = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+    for parameter in trainable:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=0.0)
+    start, losses, elapsed = 0, [], 0.0
+    state = run.load_checkpoint("decoder")
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
+    logger.info("decoder: %.2fM trainable parameters, steps %d..%d", sum(p.numel() for p in trainable) / 1e6,
+                start, cfg["steps"])
+    started = time.time() - elapsed
+    vae.train()
+    for step in tqdm(range(start, cfg["steps"]), desc="decoder", initial=start, total=cfg["steps"]):
+        rng, generator = run.step_rng("decoder", step)
+        index = rng.integers(0, len(train["images"]), cfg["batch_size"])
+        images = _to_unit_range(train["images"][index])
+        with torch.no_grad():
+            posterior = vae.encode(images).latent_dist
+        loss = torch.nn.functional.mse_loss(vae.decode(posterior.sample(generator=generator)).sample, images)
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine_lr(step, cfg["steps"], 50, cfg["lr"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % LOG_EVERY == 0:
+            logger.info("decoder step %d: reconstruction mse %.5f", step + 1, np.mean(losses[-LOG_EVERY:]))
+        if (step + 1) % CHECKPOINT_EVERY == 0:
+            run.save_checkpoint("decoder", {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "step": step + 1, "losses": losses, "elapsed": time.time() - started})
+    seconds = time.time() - started
+    vae.eval()
+    with torch.no_grad():
+        held = _to_unit_range(heldout["images"][:512])
+        heldout_mse = float(torch.nn.functional.mse_loss(vae.decode(vae.encode(held).latent_dist.mean).sample, held))
+    vae.register_to_config(scaling_factor=scaling_factor)
+    torch.save(vae.state_dict(), run.array_path("vae_decoder_fp32.pt"))
+    _save_half(vae, run.weights / "vae")
+    logger.info("decoder: held-out mse %.5f (before %.5f), %.0f s", heldout_mse, run.metrics("vae")["heldout_mse"],
+                seconds)
+    return {"trainable_parameters": sum(p.numel() for p in trainable), "steps": cfg["steps"],
+            "batch_size": cfg["batch_size"], "first_loss": float(np.mean(losses[:LOG_EVERY])),
+            "final_loss": float(np.mean(losses[-LOG_EVERY:])), "heldout_mse": heldout_mse, "seconds": seconds}
+
+
+def load_trained_vae(run: Run):
+    """The trained VAE, with the fine-tuned decoder once the decoder stage has run."""
+    vae = build_vae(run.config["vae"], run.config["image_size"])
+    path = run.array_path("vae_decoder_fp32.pt" if run.is_done("decoder") else "vae_fp32.pt")
+    vae.load_state_dict(torch.load(path))
     vae.register_to_config(scaling_factor=run.metrics("vae")["scaling_factor"])
     return vae.eval()
 
@@ -328,7 +411,7 @@ def stage_detector(run: Run) -> dict:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if (step + 1) % LOG_EVERY == 0:
             logger.info("detector step %d: bce %.4f", step + 1, np.mean(losses[-LOG_EVERY:]))
         if (step + 1) % CHECKPOINT_EVERY == 0:
@@ -411,7 +494,7 @@ def stage_clip(run: Run) -> dict:
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        losses.append(float(loss))
+        losses.append(loss.item())
         if (step + 1) % LOG_EVERY == 0:
             logger.info("clip step %d: contrastive loss %.4f", step + 1, np.mean(losses[-LOG_EVERY:]))
         if (step + 1) % CHECKPOINT_EVERY == 0:
@@ -486,13 +569,15 @@ def stage_unet(run: Run) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         ema = state["ema"]
         start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
+    cycles = unet_cycles(cfg)
+    total = sum(cycle["steps"] for cycle in cycles)
     logger.info("unet: %.2fM parameters, text encoder %.2fM, steps %d..%d",
                 sum(p.numel() for p in unet.parameters()) / 1e6,
-                sum(p.numel() for p in text_encoder.parameters()) / 1e6, start, cfg["steps"])
+                sum(p.numel() for p in text_encoder.parameters()) / 1e6, start, total)
     started = time.time() - elapsed
     text_encoder.train()
     unet.train()
-    for step in tqdm(range(start, cfg["steps"]), desc="unet", initial=start, total=cfg["steps"]):
+    for step in tqdm(range(start, total), desc="unet", initial=start, total=total):
         rng, generator = run.step_rng("unet", step)
         index = rng.integers(0, len(latents), cfg["batch_size"])
         captions = [toy_data.caption_for(train["scenes"][i], rng) for i in index]
@@ -505,7 +590,7 @@ def stage_unet(run: Run) -> dict:
         noise_pred = unet(noisy_latents, timesteps, encoder_hidden_states).sample
         loss = torch.nn.functional.mse_loss(noise_pred, noise)
         for group in optimizer.param_groups:
-            group["lr"] = _cosine_lr(step, cfg["steps"], cfg["warmup_steps"], cfg["lr"])
+            group["lr"] = cycle_lr(step, cycles)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -513,10 +598,10 @@ def stage_unet(run: Run) -> dict:
         with torch.no_grad():
             decay = min(cfg["ema_decay"], (1 + step) / (10 + step))
             torch._foreach_lerp_(ema, [p.detach() for p in parameters], 1 - decay)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if (step + 1) % LOG_EVERY == 0:
             logger.info("unet step %d: loss %.4f", step + 1, np.mean(losses[-LOG_EVERY:]))
-        if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == cfg["steps"]:
+        if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == total:
             run.save_checkpoint("unet", {"text_encoder": text_encoder.state_dict(), "unet": unet.state_dict(),
                                          "optimizer": optimizer.state_dict(), "ema": ema, "step": step + 1,
                                          "losses": losses, "elapsed": time.time() - started})
@@ -534,7 +619,7 @@ def stage_unet(run: Run) -> dict:
     _write_model_index(run.weights)
     return {"unet_parameters": sum(p.numel() for p in unet.parameters()),
             "text_encoder_parameters": sum(p.numel() for p in text_encoder.parameters()),
-            "steps": cfg["steps"], "batch_size": cfg["batch_size"],
+            "steps": total, "cycles": cycles, "batch_size": cfg["batch_size"],
             "first_loss": float(np.mean(losses[:LOG_EVERY])), "final_loss": float(np.mean(losses[-LOG_EVERY:])),
             "seconds": seconds}
 
@@ -618,7 +703,7 @@ def stage_motion(run: Run) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if (step + 1) % LOG_EVERY == 0:
             logger.info("motion step %d: loss %.4f", step + 1, np.mean(losses[-LOG_EVERY:]))
         if (step + 1) % CHECKPOINT_EVERY == 0:
@@ -635,6 +720,83 @@ def stage_motion(run: Run) -> dict:
             "final_loss": float(np.mean(losses[-LOG_EVERY:])), "seconds": seconds}
 
 
+def stage_lavie(run: Run) -> dict:
+    """Train LaVie's temporal layers (rotary temporal attention) on the frozen image UNet."""
+    from safetensors.torch import save_file
+
+    from t2v_unlearn.models.lavie import LaVieUNet3DConditionModel
+    from t2v_unlearn.tokenizer import build_clip_tokenizer
+
+    cfg = run.config["lavie"]
+    unet_cfg = run.config["unet"]
+    clip_latents = np.load(run.array_path("clip_latents.npy"))  # (n, c, f, h, w)
+    clips = run.load_pickle("clips.pkl")
+    tokenizer = build_clip_tokenizer()
+    trained = torch.load(run.array_path("unet_ema.pt"))
+    text_encoder = build_text_encoder(run.config["text_encoder"])
+    text_encoder.load_state_dict(trained["text_encoder"])
+    text_encoder.eval().requires_grad_(False)
+    unet2d = build_unet(unet_cfg, clip_latents.shape[-1], clip_latents.shape[1],
+                        run.config["text_encoder"]["hidden_size"])
+    unet2d.load_state_dict(trained["unet"])
+    scheduler = build_noise_scheduler(run.config["scheduler"])
+    torch.manual_seed(run.seed)
+    model = LaVieUNet3DConditionModel.from_unet2d(unet2d, rotary_dim=cfg["rotary_dim"])
+    model.requires_grad_(False)
+    trainable = [parameter for name, parameter in model.named_parameters() if "_temp" in name]
+    for parameter in trainable:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=0.0)
+    start, losses, elapsed = 0, [], 0.0
+    state = run.load_checkpoint("lavie")
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
+    logger.info("lavie temporal layers: %.2fM trainable parameters, steps %d..%d",
+                sum(p.numel() for p in trainable) / 1e6, start, cfg["steps"])
+    started = time.time() - elapsed
+    model.train()
+    for step in tqdm(range(start, cfg["steps"]), desc="lavie", initial=start, total=cfg["steps"]):
+        rng, generator = run.step_rng("lavie", step)
+        index = rng.integers(0, len(clip_latents), cfg["batch_size"])
+        captions = [toy_data.caption_for(clips["scenes"][i], rng) for i in index]
+        captions = ["" if rng.random() < unet_cfg["empty_caption_probability"] else c for c in captions]
+        latents = torch.from_numpy(clip_latents[index])  # (b, c, f, h, w)
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),), generator=generator)
+        noisy_latents = scheduler.add_noise(latents, noise, timesteps[:, None, None, None, None])
+        with torch.no_grad():
+            encoder_hidden_states = text_encoder(_tokenize(tokenizer, captions))[0]
+        noise_pred = model(noisy_latents, timesteps, encoder_hidden_states).sample
+        loss = torch.nn.functional.mse_loss(noise_pred, noise)
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine_lr(step, cfg["steps"], 50, cfg["lr"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % LOG_EVERY == 0:
+            logger.info("lavie step %d: loss %.4f", step + 1, np.mean(losses[-LOG_EVERY:]))
+        if (step + 1) % CHECKPOINT_EVERY == 0:
+            run.save_checkpoint("lavie", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                          "step": step + 1, "losses": losses, "elapsed": time.time() - started})
+    seconds = time.time() - started
+    # Only the temporal layers are new: the rest is the image UNet, which ships once in unet/.
+    directory = run.weights / "lavie_temporal"
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().to(torch.float16).contiguous()
+             for name, tensor in model.state_dict().items() if "_temp" in name}
+    save_file(state, str(directory / "temporal_layers.safetensors"))
+    (directory / "config.json").write_text(json.dumps(
+        {"rotary_dim": cfg["rotary_dim"], "trained_steps": cfg["steps"], "temporal_keys": len(state)},
+        indent=2) + "\n")
+    return {"trainable_parameters": sum(p.numel() for p in trainable), "steps": cfg["steps"],
+            "batch_size_clips": cfg["batch_size"], "first_loss": float(np.mean(losses[:LOG_EVERY])),
+            "final_loss": float(np.mean(losses[-LOG_EVERY:])), "seconds": seconds}
+
+
 def stage_card(run: Run) -> dict:
     from t2v_unlearn.toyworld.gates import measure_gates, write_model_card
 
@@ -644,8 +806,9 @@ def stage_card(run: Run) -> dict:
     return gates
 
 
-STAGE_FUNCTIONS = {"data": stage_data, "vae": stage_vae, "latents": stage_latents, "detector": stage_detector,
-                   "clip": stage_clip, "unet": stage_unet, "motion": stage_motion, "card": stage_card}
+STAGE_FUNCTIONS = {"data": stage_data, "vae": stage_vae, "decoder": stage_decoder, "latents": stage_latents,
+                   "detector": stage_detector, "clip": stage_clip, "unet": stage_unet, "motion": stage_motion, "lavie": stage_lavie,
+                   "card": stage_card}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -121,7 +121,7 @@ class TemporalAttention(nn.Module):
         if dim_head < rotary_emb.dim:
             raise ValueError(
                 f"temporal attention head width {dim_head} is smaller than the rotary dim {rotary_emb.dim}. "
-                "Use fewer heads or wider blocks."
+                "Use fewer heads, wider blocks or a smaller rotary_dim."
             )
         self.heads = heads
         self.scale = dim_head**-0.5

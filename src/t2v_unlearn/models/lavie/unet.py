@@ -137,6 +137,7 @@ class LaVieUNet3DConditionModel(ModelMixin, ConfigMixin):
         resnet_time_scale_shift: str = "default",
         use_first_frame: bool = False,
         use_relative_position: bool = False,
+        rotary_dim: int = ROTARY_DIM,
     ):
         super().__init__()
         self._check_config(locals())
@@ -151,7 +152,8 @@ class LaVieUNet3DConditionModel(ModelMixin, ConfigMixin):
         self.time_proj = Timesteps(block_out_channels[0], flip_sin_to_cos, freq_shift)
         self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim, act_fn=act_fn)
         # One rotary embedding, shared by every temporal attention of the model.
-        rotary_emb = RotaryEmbedding(ROTARY_DIM)
+        # LaVie's is 32 wide; smaller models whose temporal heads are narrower need a smaller one.
+        rotary_emb = RotaryEmbedding(rotary_dim)
 
         # Registered before the mid block, so `state_dict()` lists keys in LaVie's order.
         self.down_blocks = nn.ModuleList()
@@ -327,13 +329,14 @@ class LaVieUNet3DConditionModel(ModelMixin, ConfigMixin):
         return UNet3DConditionOutput(sample=sample)
 
     @classmethod
-    def from_unet2d(cls, unet2d: UNet2DConditionModel) -> LaVieUNet3DConditionModel:
+    def from_unet2d(cls, unet2d: UNet2DConditionModel, rotary_dim: int = ROTARY_DIM) -> LaVieUNet3DConditionModel:
         """Inflate an SD-style image UNet: copy all its weights and add fresh temporal layers.
 
         Every key without `_temp` comes from `unet2d`. The `_temp` keys keep their fresh init,
         whose zero temporal output projection makes the new model start as `unet2d` applied frame
         by frame. The match is exact for one frame or identical frames (see the note in the body).
-        The result has the device and dtype of `unet2d`.
+        The result has the device and dtype of `unet2d`. `rotary_dim` is the width of the rotary
+        position embedding (LaVie's 32); it must not exceed the narrowest attention head.
         """
         config = dict(unet2d.config)
         for name, default in _UNET2D_DEFAULTS.items():
@@ -354,6 +357,7 @@ class LaVieUNet3DConditionModel(ModelMixin, ConfigMixin):
             num_class_embeds=config["num_class_embeds"],
             upcast_attention=config["upcast_attention"],
             resnet_time_scale_shift=config["resnet_time_scale_shift"],
+            rotary_dim=rotary_dim,
         )
         model = cls(**config_3d)
 
