@@ -7,6 +7,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from conftest import compose_config
 from t2v_unlearn.concepts import Concept, PreservePrompt, evaluation_items
 from t2v_unlearn.early_stopping import JudgeEarlyStopping
 from t2v_unlearn.judges.base import Judge
@@ -155,3 +156,17 @@ def test_presets_compose_with_multi_concept(tmp_path, method):
         assert provenance["retain"]["space"] == ("unet" if method == "retain_unet" else "embedding")
     else:
         assert provenance["trainable"] == "concept_tokens"
+
+
+@pytest.mark.parametrize(("overrides", "method", "weight"), [
+    ([], "retain", 3.0),                                   # the toy world's default
+    (["model=toyworld_lavie"], "retain", 3.0),
+    (["method=paper"], "paper", 0.0),                       # the command line wins
+    (["experiment=published_snoopy"], "paper", 0.0),
+    (["model=animatediff_tiny"], "paper", 0.0),             # every other model: the published method
+    (["model=lavie", "method=retain_unet"], "retain_unet", 10.0),
+])
+def test_default_method_depends_on_model(overrides, method, weight):
+    cfg = compose_config(overrides)
+    assert cfg.hydra.runtime.choices.method == method
+    assert cfg.retain.weight == weight

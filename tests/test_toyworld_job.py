@@ -12,7 +12,10 @@ def test_default_job_erases_eiffel_keeps_others(tmp_path):
     provenance = json.loads((out / "text_encoder" / "unlearning.json").read_text())
 
     assert provenance["backend"] == "toyworld"
-    assert provenance["optimizer"]["lr"] == 1e-3  # the toy world's recipe, see conf/model/toyworld.yaml
+    # The toy world's default method and learning rate, see conf/model/toyworld.yaml.
+    assert provenance["method"] == "retain"
+    assert provenance["retain"]["weight"] == 3.0
+    assert provenance["optimizer"]["lr"] == 1e-3
     assert metrics["train/optimizer_steps"] == 5
     assert metrics["video/target_rate_before"] >= 0.9
     assert metrics["image/target_rate_before"] >= 0.9
@@ -20,12 +23,13 @@ def test_default_job_erases_eiffel_keeps_others(tmp_path):
     assert metrics["image/target_rate_after"] <= 0.1
     # Concepts unrelated to the Eiffel Tower survive; Tokyo Tower (its similar concept) may leak.
     assert metrics["video/unrelated_rate_after"] >= 0.9 * metrics["video/unrelated_rate_before"]
+    assert metrics["video/other_rate_after"] >= 0.9 * metrics["video/other_rate_before"]
     assert metrics["clip/target_similarity_after"] < metrics["clip/target_similarity_before"]
 
 
 def test_published_lr_leaves_eiffel(tmp_path):
     out = tmp_path / "run"
-    train_cli(["concept=eiffel", "shots=2", "optim.lr=1e-5", "logger=none", "eval.images=false",
+    train_cli(["concept=eiffel", "shots=2", "method=paper", "optim.lr=1e-5", "logger=none", "eval.images=false",
                "eval.clip_similarity=false", "eval.seeds_per_prompt=1", f"hydra.run.dir={out}"], tmp_path, timeout=900)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["video/target_rate_after"] >= 0.75

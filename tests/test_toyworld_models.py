@@ -71,7 +71,7 @@ def lavie_backend():
     return build_toyworld_backend(video_model="lavie", video_kwargs={"num_inference_steps": 10})
 
 
-def test_lavie_video_model_shares_the_encoder_and_image_unet(lavie_backend):
+def test_lavie_video_unet_reuses_image_weights(lavie_backend):
     from t2v_unlearn.models.lavie import LaVieUNet3DConditionModel
 
     video_unet = lavie_backend.video_pipeline.unet

@@ -118,17 +118,23 @@ def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None 
     for concepts in sorted({r.concepts for r in runs}):
         group = [r for r in runs if r.concepts == concepts]
         figure, axis = plt.subplots(figsize=(5, 4))
-        axis.scatter([r.target_after for r in group], [r.other_after for r in group], c="lightgray",
-                     edgecolors="gray", label="run")
+        # One colour per method preset, so each preset's runs stand out on the plot.
+        for method in sorted({r.method or "?" for r in group}):
+            members = [r for r in group if (r.method or "?") == method]
+            axis.scatter([r.target_after for r in members], [r.other_after for r in members], alpha=0.6,
+                         edgecolors="gray", label=method)
         front = sorted((r for r in group if r.pareto), key=lambda r: r.target_after)
         axis.plot([r.target_after for r in front], [r.other_after for r in front], "o-", color="tab:red",
                   label="Pareto front")
-        for run in group:
-            if run.pareto:
-                label = " ".join([run.method or "", *[f"{k.split('.')[-1]}={run.overrides[k]}"
-                                                      for k in swept_keys if k in run.overrides]])
-                axis.annotate(label.strip(), (run.target_after, run.other_after), fontsize=7,
-                              textcoords="offset points", xytext=(4, 4))
+        placed: dict[tuple[float, float], int] = {}
+        for run in front:
+            label = " ".join([run.method or "", *[f"{k.split('.')[-1]}={run.overrides[k]}"
+                                                  for k in swept_keys if k in run.overrides]])
+            # Runs on the same point get their labels stacked downwards.
+            point = (run.target_after, run.other_after)
+            placed[point] = placed.get(point, -1) + 1
+            axis.annotate(label.strip(), point, fontsize=7, textcoords="offset points",
+                          xytext=(6, -4 - 9 * placed[point]))
         axis.set_xlabel("target detected after (lower is better)")
         axis.set_ylabel("others detected after (higher is better)")
         axis.set_xlim(-0.05, 1.05)

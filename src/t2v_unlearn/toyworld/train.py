@@ -69,14 +69,14 @@ def load_train_config(smoke: bool = False) -> dict:
 
 
 def unet_cycles(cfg: dict) -> list[dict]:
-    """The UNet stage's cosine learning-rate cycles: the first from `steps`, `lr` and `warmup_steps`,
-    then `extra_cycles` (warm restarts), each starting where the previous one ended."""
+    """Return the UNet stage's cosine learning-rate cycles: the first from `steps`, `lr` and
+    `warmup_steps`, then `extra_cycles` (warm restarts), each starting where the previous one ended."""
     first = {"steps": cfg["steps"], "lr": cfg["lr"], "warmup_steps": cfg["warmup_steps"]}
     return [first, *cfg.get("extra_cycles", [])]
 
 
 def cycle_lr(step: int, cycles: list[dict]) -> float:
-    """Learning rate at a global step of a chain of cosine cycles."""
+    """Return the learning rate at a global step of a chain of cosine cycles."""
     start = 0
     for cycle in cycles:
         if step < start + cycle["steps"]:
@@ -297,8 +297,9 @@ def stage_decoder(run: Run) -> dict:
     seconds = time.time() - started
     vae.eval()
     with torch.no_grad():
-        held = _to_unit_range(heldout["images"][:512])
-        heldout_mse = float(torch.nn.functional.mse_loss(vae.decode(vae.encode(held).latent_dist.mean).sample, held))
+        heldout_batch = _to_unit_range(heldout["images"][:512])
+        reconstruction = vae.decode(vae.encode(heldout_batch).latent_dist.mean).sample
+        heldout_mse = float(torch.nn.functional.mse_loss(reconstruction, heldout_batch))
     vae.register_to_config(scaling_factor=scaling_factor)
     torch.save(vae.state_dict(), run.array_path("vae_decoder_fp32.pt"))
     _save_half(vae, run.weights / "vae")
@@ -310,7 +311,7 @@ def stage_decoder(run: Run) -> dict:
 
 
 def load_trained_vae(run: Run):
-    """The trained VAE, with the fine-tuned decoder once the decoder stage has run."""
+    """Load the trained VAE, with the fine-tuned decoder once the decoder stage has run."""
     vae = build_vae(run.config["vae"], run.config["image_size"])
     path = run.array_path("vae_decoder_fp32.pt" if run.is_done("decoder") else "vae_fp32.pt")
     vae.load_state_dict(torch.load(path))
