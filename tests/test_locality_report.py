@@ -1,14 +1,19 @@
 import json
 
+import pytest
+
 from t2v_unlearn.analysis.locality import collect_runs, main, mark_pareto_front
 
 
-def make_run(root, name, concept, lr, target, other, extra=""):
+def make_run(root, name, concept, lr, target, other, extra="", backend="toyworld"):
     folder = root / name
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(f"- concept={concept}\n- optim.lr={lr}\n- logger=none\n{extra}")
     (folder / "text_encoder").mkdir()
-    (folder / "text_encoder" / "unlearning.json").write_text(json.dumps({"concepts": [concept], "method": "paper"}))
+    weight = 3.0 if "retain.weight=3" in extra else 0.0
+    provenance = {"concepts": [concept], "method": "paper", "backend": backend, "optimizer": {"lr": lr},
+                  "retain": {"weight": weight}, "optimizer_steps": 10}
+    (folder / "text_encoder" / "unlearning.json").write_text(json.dumps(provenance))
     metrics = {"video/target_rate_after": target, "video/other_rate_after": other,
                "video/target_rate_before": 1.0, "video/other_rate_before": 1.0}
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -20,12 +25,14 @@ def test_pareto_front_per_concept(tmp_path):
     make_run(tmp_path, "2", "eiffel", 3e-4, 0.1, 0.5)   # dominated by run 1
     make_run(tmp_path, "3", "eiffel", 1e-3, 0.0, 0.1)
     make_run(tmp_path, "4", "snoopy", 1e-3, 0.5, 0.5)   # alone in its group
+    make_run(tmp_path, "5", "eiffel", 1e-3, 0.5, 0.5, backend="toyworld_lavie")  # another model: own front
     runs = {r.folder.rsplit("/", 1)[-1]: r for r in mark_pareto_front(collect_runs(tmp_path))}
     assert runs["0"].pareto
     assert runs["1"].pareto
     assert not runs["2"].pareto
     assert runs["3"].pareto
     assert runs["4"].pareto
+    assert runs["5"].pareto and runs["5"].group == "eiffel (toyworld_lavie)"
     assert runs["1"].overrides["optim.lr"] == "0.0001"
 
 
@@ -34,10 +41,15 @@ def test_report_files_written(tmp_path):
     make_run(tmp_path / "sweep", "1", "eiffel", 1e-4, 0.2, 0.9, extra="- retain.weight=3\n")
     main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report"), "--command", "python train.py -m ..."])
     table = (tmp_path / "report" / "locality.md").read_text()
-    # Settings that vary get a column (blank where a run did not set it); constant ones do not.
-    assert "| eiffel | paper | 0.0001 | 3 | 1.00 | 0.20 | 1.00 | 0.90 | yes |" in table
-    assert "| eiffel | paper | 1e-05 |  | 1.00 | 1.00 | 1.00 | 1.00 | yes |" in table
+    # The settings each run used come from its unlearning.json; constant overrides get no column.
+    assert "| eiffel (toyworld) | paper | 0.0001 | 3 | 10 | 1.00 | 0.20 | 1.00 | 0.90 | yes |" in table
+    assert "| eiffel (toyworld) | paper | 1e-05 | 0 | 10 | 1.00 | 1.00 | 1.00 | 1.00 | yes |" in table
     assert "logger" not in table
     assert "python train.py -m ..." in table
-    assert (tmp_path / "report" / "locality_eiffel.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "locality_eiffel__toyworld.png").stat().st_size > 1000
     assert len(json.loads((tmp_path / "report" / "locality.json").read_text())) == 2
+
+
+def test_missing_sweep_folder_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "report")])

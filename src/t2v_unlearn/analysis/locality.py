@@ -34,7 +34,17 @@ class SweepRun:
     target_before: float | None
     other_before: float | None
     method: str | None
+    # What the run used, from its unlearning.json (command-line overrides miss the defaults).
+    backend: str = ""
+    lr: float | None = None
+    retain_weight: float | None = None
+    steps: int | None = None
     pareto: bool = False
+
+    @property
+    def group(self) -> str:
+        """Runs compete for a Pareto front only with runs of the same concepts on the same model."""
+        return f"{self.concepts} ({self.backend})" if self.backend else self.concepts
 
 
 def _parse_overrides(folder: Path) -> dict:
@@ -68,6 +78,10 @@ def collect_runs(root: str | Path) -> list[SweepRun]:
             target_before=metrics.get("video/target_rate_before"),
             other_before=metrics.get("video/other_rate_before"),
             method=provenance.get("method"),
+            backend=provenance.get("backend", ""),
+            lr=(provenance.get("optimizer") or {}).get("lr"),
+            retain_weight=(provenance.get("retain") or {}).get("weight"),
+            steps=provenance.get("optimizer_steps", metrics.get("train/optimizer_steps")),
         ))
     return runs
 
@@ -75,13 +89,17 @@ def collect_runs(root: str | Path) -> list[SweepRun]:
 def mark_pareto_front(runs: list[SweepRun]) -> list[SweepRun]:
     """Set `pareto` on the runs that no other run of the same concepts dominates."""
     for run in runs:
-        peers = [r for r in runs if r.concepts == run.concepts and r is not run]
+        peers = [r for r in runs if r.group == run.group and r is not run]
         run.pareto = not any(
             p.target_after <= run.target_after and p.other_after >= run.other_after
             and (p.target_after < run.target_after or p.other_after > run.other_after)
             for p in peers
         )
     return runs
+
+
+def _setting(value) -> str:
+    return "" if value is None else f"{value:g}"
 
 
 def _rate(value: float | None) -> str:
@@ -99,24 +117,27 @@ def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "locality.json").write_text(json.dumps([asdict(r) for r in runs], indent=2) + "\n")
 
-    # Columns for the settings that differ between runs; the method has its own column.
-    keys = sorted({k for r in runs for k in r.overrides if k not in ("concept", "method", "hydra.sweep.dir")})
+    # Columns for the other settings that differ between runs; method, lr, retain weight and steps
+    # have their own columns with the values each run used.
+    covered = ("concept", "method", "optim.lr", "retain.weight", "epochs", "shots", "hydra.sweep.dir")
+    keys = sorted({k for r in runs for k in r.overrides if k not in covered})
     swept_keys = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
     lines = []
     if command:
         lines += ["Command:", "", "```bash", command, "```", ""]
-    header = ["concepts", "method", *swept_keys, "target before", "target after", "other before", "other after",
-              "Pareto"]
+    header = ["concepts (model)", "method", "lr", "retain weight", "steps", *swept_keys, "target before",
+              "target after", "other before", "other after", "Pareto"]
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for run in sorted(runs, key=lambda r: (r.concepts, r.target_after, -r.other_after)):
-        cells = [run.concepts, run.method or "", *[run.overrides.get(k, "") for k in swept_keys],
+    for run in sorted(runs, key=lambda r: (r.group, r.target_after, -r.other_after)):
+        cells = [run.group, run.method or "", _setting(run.lr), _setting(run.retain_weight), _setting(run.steps),
+                 *[run.overrides.get(k, "") for k in swept_keys],
                  _rate(run.target_before), f"{run.target_after:.2f}", _rate(run.other_before),
                  f"{run.other_after:.2f}", "yes" if run.pareto else ""]
         lines.append("| " + " | ".join(cells) + " |")
     (out_dir / "locality.md").write_text("\n".join(lines) + "\n")
 
-    for concepts in sorted({r.concepts for r in runs}):
-        group = [r for r in runs if r.concepts == concepts]
+    for name in sorted({r.group for r in runs}):
+        group = [r for r in runs if r.group == name]
         figure, axis = plt.subplots(figsize=(5, 4))
         # One colour per method preset, so each preset's runs stand out on the plot.
         for method in sorted({r.method or "?" for r in group}):
@@ -128,8 +149,9 @@ def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None 
                   label="Pareto front")
         placed: dict[tuple[float, float], int] = {}
         for run in front:
-            label = " ".join([run.method or "", *[f"{k.split('.')[-1]}={run.overrides[k]}"
-                                                  for k in swept_keys if k in run.overrides]])
+            label = " ".join([run.method or "", f"lr={_setting(run.lr)}",
+                              *([f"weight={_setting(run.retain_weight)}"] if run.retain_weight else []),
+                              f"steps={_setting(run.steps)}"])
             # Runs on the same point get their labels stacked downwards.
             point = (run.target_after, run.other_after)
             placed[point] = placed.get(point, -1) + 1
@@ -139,10 +161,11 @@ def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None 
         axis.set_ylabel("others detected after (higher is better)")
         axis.set_xlim(-0.05, 1.05)
         axis.set_ylim(-0.05, 1.05)
-        axis.set_title(f"Locality: {concepts}")
+        axis.set_title(f"Locality: {name}")
         axis.legend(loc="lower left", fontsize=8)
         figure.tight_layout()
-        figure.savefig(out_dir / f"locality_{concepts}.png", dpi=120)
+        slug = "".join(c if c.isalnum() or c in "+_-" else "_" for c in name).strip("_")
+        figure.savefig(out_dir / f"locality_{slug}.png", dpi=120)
         plt.close(figure)
     return out_dir / "locality.md"
 
@@ -150,10 +173,13 @@ def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", help="multirun folder (or any folder) containing finished runs")
-    parser.add_argument("--out", default="experiments/locality", help="folder for the table, JSON and plots")
+    parser.add_argument("--out", default="outputs/locality",
+                        help="folder for the table, JSON and plots (default: outputs/locality, not tracked by git)")
     parser.add_argument("--command", default=None, help="the sweep command, recorded in the table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if not Path(args.sweep_dir).is_dir():
+        raise SystemExit(f"sweep folder {args.sweep_dir} does not exist; pass a multirun folder such as multirun/<time>")
     runs = mark_pareto_front(collect_runs(args.sweep_dir))
     if not runs:
         raise SystemExit(f"no finished run with video metrics under {args.sweep_dir}")
