@@ -170,3 +170,10 @@ def test_default_method_depends_on_model(overrides, method, weight):
     cfg = compose_config(overrides)
     assert cfg.hydra.runtime.choices.method == method
     assert cfg.retain.weight == weight
+
+
+def test_published_experiment_pins_the_published_learning_rate():
+    # The toy world's own default is lr 1e-3; the published experiment must not inherit it.
+    cfg = compose_config(["experiment=published_snoopy"])
+    assert cfg.optim.lr == 1e-5
+    assert (cfg.shots, cfg.epochs, cfg.retain.weight) == (4, 5, 0.0)
