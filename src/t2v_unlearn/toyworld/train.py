@@ -640,24 +640,86 @@ def _write_model_index(weights: Path) -> None:
     (weights / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
-def stage_motion(run: Run) -> dict:
-    from diffusers import MotionAdapter, UNetMotionModel
+def _frozen_image_models(run: Run, clip_latents: np.ndarray):
+    """Load the trained (EMA) text encoder and image UNet, frozen, for the video stages."""
+    trained = torch.load(run.array_path("unet_ema.pt"))
+    text_encoder = build_text_encoder(run.config["text_encoder"])
+    text_encoder.load_state_dict(trained["text_encoder"])
+    text_encoder.eval().requires_grad_(False)
+    unet = build_unet(run.config["unet"], clip_latents.shape[-1], clip_latents.shape[1],
+                      run.config["text_encoder"]["hidden_size"])
+    unet.load_state_dict(trained["unet"])
+    return text_encoder, unet
 
+
+def _train_temporal_layers(run: Run, stage: str, cfg: dict, model, trainable: list, text_encoder,
+                           clip_latents: np.ndarray, clips: dict, text_per_frame: bool) -> tuple[list, float]:
+    """Train `trainable` (the temporal layers of `model`) on clips; return the losses and seconds.
+
+    `text_per_frame` repeats each prompt embedding once per frame, as `UNetMotionModel` expects.
+    """
     from t2v_unlearn.tokenizer import build_clip_tokenizer
+
+    tokenizer = build_clip_tokenizer()
+    scheduler = build_noise_scheduler(run.config["scheduler"])
+    empty_caption_probability = run.config["unet"]["empty_caption_probability"]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=0.0)
+    start, losses, elapsed = 0, [], 0.0
+    state = run.load_checkpoint(stage)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
+    logger.info("%s: %.2fM trainable parameters, steps %d..%d", stage, sum(p.numel() for p in trainable) / 1e6,
+                start, cfg["steps"])
+    started = time.time() - elapsed
+    model.train()
+    for step in tqdm(range(start, cfg["steps"]), desc=stage, initial=start, total=cfg["steps"]):
+        rng, generator = run.step_rng(stage, step)
+        index = rng.integers(0, len(clip_latents), cfg["batch_size"])
+        captions = [toy_data.caption_for(clips["scenes"][i], rng) for i in index]
+        captions = ["" if rng.random() < empty_caption_probability else c for c in captions]
+        latents = torch.from_numpy(clip_latents[index])  # (b, c, f, h, w)
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),), generator=generator)
+        noisy_latents = scheduler.add_noise(latents, noise, timesteps[:, None, None, None, None])
+        with torch.no_grad():
+            encoder_hidden_states = text_encoder(_tokenize(tokenizer, captions))[0]
+        if text_per_frame:
+            encoder_hidden_states = encoder_hidden_states.repeat_interleave(latents.shape[2], dim=0)
+        noise_pred = model(noisy_latents, timesteps, encoder_hidden_states).sample
+        loss = torch.nn.functional.mse_loss(noise_pred, noise)
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine_lr(step, cfg["steps"], 50, cfg["lr"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % LOG_EVERY == 0:
+            logger.info("%s step %d: loss %.4f", stage, step + 1, np.mean(losses[-LOG_EVERY:]))
+        if (step + 1) % CHECKPOINT_EVERY == 0:
+            run.save_checkpoint(stage, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "step": step + 1, "losses": losses, "elapsed": time.time() - started})
+    model.eval()
+    return losses, time.time() - started
+
+
+def _temporal_metrics(cfg: dict, trainable: list, losses: list, seconds: float) -> dict:
+    return {"trainable_parameters": sum(p.numel() for p in trainable), "steps": cfg["steps"],
+            "batch_size_clips": cfg["batch_size"], "first_loss": float(np.mean(losses[:LOG_EVERY])),
+            "final_loss": float(np.mean(losses[-LOG_EVERY:])), "seconds": seconds}
+
+
+def stage_motion(run: Run) -> dict:
+    """Train an AnimateDiff MotionAdapter on the frozen image UNet and text encoder."""
+    from diffusers import MotionAdapter, UNetMotionModel
 
     cfg = run.config["motion_adapter"]
     unet_cfg = run.config["unet"]
     clip_latents = np.load(run.array_path("clip_latents.npy"))  # (n, c, f, h, w)
     clips = run.load_pickle("clips.pkl")
-    tokenizer = build_clip_tokenizer()
-    trained = torch.load(run.array_path("unet_ema.pt"))
-    text_encoder = build_text_encoder(run.config["text_encoder"])
-    text_encoder.load_state_dict(trained["text_encoder"])
-    text_encoder.eval().requires_grad_(False)
-    unet = build_unet(unet_cfg, clip_latents.shape[-1], clip_latents.shape[1],
-                      run.config["text_encoder"]["hidden_size"])
-    unet.load_state_dict(trained["unet"])
-    scheduler = build_noise_scheduler(run.config["scheduler"])
+    text_encoder, unet = _frozen_image_models(run, clip_latents)
     torch.manual_seed(run.seed)
     adapter = MotionAdapter(
         block_out_channels=tuple(unet_cfg["block_out_channels"]), motion_layers_per_block=unet_cfg["layers_per_block"],
@@ -672,53 +734,14 @@ def stage_motion(run: Run) -> dict:
     model = UNetMotionModel.from_unet2d(unet, adapter)
     model.freeze_unet2d_params()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=0.0)
-    start, losses, elapsed = 0, [], 0.0
-    state = run.load_checkpoint("motion")
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
-    logger.info("motion adapter: %.2fM trainable parameters, steps %d..%d",
-                sum(p.numel() for p in trainable) / 1e6, start, cfg["steps"])
-    started = time.time() - elapsed
-    model.train()
-    for step in tqdm(range(start, cfg["steps"]), desc="motion", initial=start, total=cfg["steps"]):
-        rng, generator = run.step_rng("motion", step)
-        index = rng.integers(0, len(clip_latents), cfg["batch_size"])
-        captions = [toy_data.caption_for(clips["scenes"][i], rng) for i in index]
-        captions = ["" if rng.random() < unet_cfg["empty_caption_probability"] else c for c in captions]
-        latents = torch.from_numpy(clip_latents[index])  # (b, c, f, h, w)
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),), generator=generator)
-        noisy_latents = scheduler.add_noise(latents, noise, timesteps[:, None, None, None, None])
-        with torch.no_grad():
-            encoder_hidden_states = text_encoder(_tokenize(tokenizer, captions))[0]
-        # UNetMotionModel expects one prompt embedding per frame, as AnimateDiffPipeline passes them.
-        encoder_hidden_states = encoder_hidden_states.repeat_interleave(latents.shape[2], dim=0)
-        noise_pred = model(noisy_latents, timesteps, encoder_hidden_states).sample
-        loss = torch.nn.functional.mse_loss(noise_pred, noise)
-        for group in optimizer.param_groups:
-            group["lr"] = _cosine_lr(step, cfg["steps"], 50, cfg["lr"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if (step + 1) % LOG_EVERY == 0:
-            logger.info("motion step %d: loss %.4f", step + 1, np.mean(losses[-LOG_EVERY:]))
-        if (step + 1) % CHECKPOINT_EVERY == 0:
-            run.save_checkpoint("motion", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                           "step": step + 1, "losses": losses, "elapsed": time.time() - started})
-    seconds = time.time() - started
-    model.eval()
+    # UNetMotionModel expects one prompt embedding per frame, as AnimateDiffPipeline passes them.
+    losses, seconds = _train_temporal_layers(run, "motion", cfg, model, trainable, text_encoder, clip_latents, clips,
+                                             text_per_frame=True)
     directory = run.weights / "motion_adapter"
     model.save_motion_modules(str(directory))
     saved = MotionAdapter.from_pretrained(str(directory))
     _save_half(saved, directory)
-    return {"trainable_parameters": sum(p.numel() for p in trainable), "steps": cfg["steps"],
-            "batch_size_clips": cfg["batch_size"], "first_loss": float(np.mean(losses[:LOG_EVERY])),
-            "final_loss": float(np.mean(losses[-LOG_EVERY:])), "seconds": seconds}
+    return _temporal_metrics(cfg, trainable, losses, seconds)
 
 
 def stage_lavie(run: Run) -> dict:
@@ -726,64 +749,19 @@ def stage_lavie(run: Run) -> dict:
     from safetensors.torch import save_file
 
     from t2v_unlearn.models.lavie import LaVieUNet3DConditionModel
-    from t2v_unlearn.tokenizer import build_clip_tokenizer
 
     cfg = run.config["lavie"]
-    unet_cfg = run.config["unet"]
     clip_latents = np.load(run.array_path("clip_latents.npy"))  # (n, c, f, h, w)
     clips = run.load_pickle("clips.pkl")
-    tokenizer = build_clip_tokenizer()
-    trained = torch.load(run.array_path("unet_ema.pt"))
-    text_encoder = build_text_encoder(run.config["text_encoder"])
-    text_encoder.load_state_dict(trained["text_encoder"])
-    text_encoder.eval().requires_grad_(False)
-    unet2d = build_unet(unet_cfg, clip_latents.shape[-1], clip_latents.shape[1],
-                        run.config["text_encoder"]["hidden_size"])
-    unet2d.load_state_dict(trained["unet"])
-    scheduler = build_noise_scheduler(run.config["scheduler"])
+    text_encoder, unet2d = _frozen_image_models(run, clip_latents)
     torch.manual_seed(run.seed)
     model = LaVieUNet3DConditionModel.from_unet2d(unet2d, rotary_dim=cfg["rotary_dim"])
     model.requires_grad_(False)
     trainable = [parameter for name, parameter in model.named_parameters() if "_temp" in name]
     for parameter in trainable:
         parameter.requires_grad_(True)
-    optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=0.0)
-    start, losses, elapsed = 0, [], 0.0
-    state = run.load_checkpoint("lavie")
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
-    logger.info("lavie temporal layers: %.2fM trainable parameters, steps %d..%d",
-                sum(p.numel() for p in trainable) / 1e6, start, cfg["steps"])
-    started = time.time() - elapsed
-    model.train()
-    for step in tqdm(range(start, cfg["steps"]), desc="lavie", initial=start, total=cfg["steps"]):
-        rng, generator = run.step_rng("lavie", step)
-        index = rng.integers(0, len(clip_latents), cfg["batch_size"])
-        captions = [toy_data.caption_for(clips["scenes"][i], rng) for i in index]
-        captions = ["" if rng.random() < unet_cfg["empty_caption_probability"] else c for c in captions]
-        latents = torch.from_numpy(clip_latents[index])  # (b, c, f, h, w)
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),), generator=generator)
-        noisy_latents = scheduler.add_noise(latents, noise, timesteps[:, None, None, None, None])
-        with torch.no_grad():
-            encoder_hidden_states = text_encoder(_tokenize(tokenizer, captions))[0]
-        noise_pred = model(noisy_latents, timesteps, encoder_hidden_states).sample
-        loss = torch.nn.functional.mse_loss(noise_pred, noise)
-        for group in optimizer.param_groups:
-            group["lr"] = _cosine_lr(step, cfg["steps"], 50, cfg["lr"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if (step + 1) % LOG_EVERY == 0:
-            logger.info("lavie step %d: loss %.4f", step + 1, np.mean(losses[-LOG_EVERY:]))
-        if (step + 1) % CHECKPOINT_EVERY == 0:
-            run.save_checkpoint("lavie", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                          "step": step + 1, "losses": losses, "elapsed": time.time() - started})
-    seconds = time.time() - started
+    losses, seconds = _train_temporal_layers(run, "lavie", cfg, model, trainable, text_encoder, clip_latents, clips,
+                                             text_per_frame=False)
     # Only the temporal layers are new: the rest is the image UNet, which ships once in unet/.
     directory = run.weights / "lavie_temporal"
     directory.mkdir(parents=True, exist_ok=True)
@@ -791,11 +769,8 @@ def stage_lavie(run: Run) -> dict:
              for name, tensor in model.state_dict().items() if "_temp" in name}
     save_file(state, str(directory / "temporal_layers.safetensors"))
     (directory / "config.json").write_text(json.dumps(
-        {"rotary_dim": cfg["rotary_dim"], "trained_steps": cfg["steps"], "temporal_keys": len(state)},
-        indent=2) + "\n")
-    return {"trainable_parameters": sum(p.numel() for p in trainable), "steps": cfg["steps"],
-            "batch_size_clips": cfg["batch_size"], "first_loss": float(np.mean(losses[:LOG_EVERY])),
-            "final_loss": float(np.mean(losses[-LOG_EVERY:])), "seconds": seconds}
+        {"rotary_dim": cfg["rotary_dim"], "trained_steps": cfg["steps"], "temporal_keys": len(state)}, indent=2) + "\n")
+    return _temporal_metrics(cfg, trainable, losses, seconds)
 
 
 def stage_card(run: Run) -> dict:
