@@ -172,7 +172,7 @@ def test_default_method_depends_on_model(overrides, method, weight):
     assert cfg.retain.weight == weight
 
 
-def test_published_experiment_pins_the_published_learning_rate():
+def test_published_experiment_keeps_lr():
     # The toy world's own default is lr 1e-3; the published experiment must not inherit it.
     cfg = compose_config(["experiment=published_snoopy"])
     assert cfg.optim.lr == 1e-5

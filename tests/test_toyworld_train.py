@@ -17,13 +17,13 @@ def test_cycle_lr_chains_cosine_cycles():
     assert toy_train.cycle_lr(99, cycles) == pytest.approx(1e-4, rel=0.01)
     assert toy_train.cycle_lr(100, cycles) == pytest.approx(4e-4 / 5)
     assert toy_train.cycle_lr(104, cycles) == pytest.approx(4e-4)
-    # The first cycle alone is the schedule the committed 3,300-step run used.
+    # Inside the first cycle, the chain equals that cycle's own cosine schedule.
     assert toy_train.cycle_lr(50, cycles) == toy_train._cosine_lr(50, 100, 10, 1e-3)
     with pytest.raises(ValueError, match="step 150 is past the last learning-rate cycle"):
         toy_train.cycle_lr(150, cycles)
 
 
-def test_unet_cycles_read_extra_cycles_from_config():
+def test_unet_cycles_from_config():
     config = toy_train.load_train_config()
     cycles = toy_train.unet_cycles(config["unet"])
     assert cycles[0] == {"steps": config["unet"]["steps"], "lr": config["unet"]["lr"],
@@ -33,7 +33,7 @@ def test_unet_cycles_read_extra_cycles_from_config():
     assert sum(c["steps"] for c in toy_train.unet_cycles(smoke["unet"])) < 100
 
 
-def test_stage_seeds_stay_fixed_when_stages_are_added(tmp_path):
+def test_stage_seed_ids_are_fixed(tmp_path):
     # The committed weights were trained with these ids; a new stage must not shift them.
     original = ["data", "vae", "latents", "detector", "clip", "unet", "motion", "card"]
     assert [toy_train.STAGE_SEED_IDS[stage] for stage in original] == list(range(8))
@@ -46,7 +46,7 @@ def test_stage_seeds_stay_fixed_when_stages_are_added(tmp_path):
     assert first.integers(2**62) == again.integers(2**62) != other.integers(2**62)
 
 
-def test_smoke_stages_train_decoder_and_lavie_layers(tmp_path):
+def test_smoke_training_stages(tmp_path):
     scratch, weights = tmp_path / "scratch", tmp_path / "weights"
     toy_train.main(["--smoke", "--scratch", str(scratch), "--weights", str(weights), "--stages",
                     "data", "vae", "decoder", "latents", "unet", "lavie"])
@@ -69,6 +69,7 @@ def test_smoke_stages_train_decoder_and_lavie_layers(tmp_path):
     temporal = {k: v for k, v in backend.video_pipeline.unet.state_dict().items() if "_temp" in k}
     assert any(v.abs().sum() > 0 for k, v in temporal.items() if "attn_temp.to_out" in k)
     videos = backend.generate_videos(["a cat walking in the park"], [0], num_inference_steps=2)
-    assert videos.shape == (1, 8, 32, 32, 3) and videos.dtype == np.uint8
+    assert videos.shape == (1, 8, 32, 32, 3)
+    assert videos.dtype == np.uint8
     with pytest.raises(FileNotFoundError, match="motion_adapter"):
         build_toyworld_backend(str(weights))

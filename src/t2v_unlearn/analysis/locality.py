@@ -117,8 +117,8 @@ def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "locality.json").write_text(json.dumps([asdict(r) for r in runs], indent=2) + "\n")
 
-    # Columns for the other settings that differ between runs; method, lr, retain weight and steps
-    # have their own columns with the values each run used.
+    # Method, lr, retain weight and steps have columns with the values each run used. Other
+    # settings get a column only when they differ between runs.
     covered = ("concept", "method", "optim.lr", "retain.weight", "epochs", "shots", "hydra.sweep.dir")
     keys = sorted({k for r in runs for k in r.overrides if k not in covered})
     swept_keys = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]

@@ -159,9 +159,7 @@ class VideoUpscaler:
                  unlearned_provenance: dict | None = None):
         if settings.prompt_mode == "unlearned" and (unlearned_encoder is None or video_text_encoder is None):
             raise ValueError("prompt_mode=unlearned needs the unlearned encoder and the video model's encoder")
-        if settings.noise_level > pipeline.config.max_noise_level:
-            raise ValueError(f"{OPTION}.noise_level={settings.noise_level} is invalid; this upscaler accepts at "
-                             f"most max_noise_level={pipeline.config.max_noise_level}")
+        _check_noise_level(settings, pipeline.config.max_noise_level)
         self.pipeline = pipeline
         self.settings = settings
         self.original_encoder = pipeline.text_encoder
@@ -363,6 +361,12 @@ def build_video_upscaler(pipeline: StableDiffusionUpscalePipeline, settings: Ups
                          video_text_encoder=video_text_encoder, unlearned_provenance=provenance)
 
 
+def _check_noise_level(settings: UpscaleSettings, max_noise_level: int) -> None:
+    if settings.noise_level > max_noise_level:
+        raise ValueError(f"{OPTION}.noise_level={settings.noise_level} is invalid; this upscaler accepts at "
+                         f"most max_noise_level={max_noise_level}")
+
+
 def load_video_upscaler(settings: UpscaleSettings, source: ModelSource, device: torch.device,
                         unet_dtype: torch.dtype, video_text_encoder: torch.nn.Module) -> VideoUpscaler:
     """Load the x4 upscaler from `source` (see `resolve_upscaler_source`) as a video post-processing step.
@@ -375,9 +379,7 @@ def load_video_upscaler(settings: UpscaleSettings, source: ModelSource, device: 
     model_index = source.from_pretrained(StableDiffusionUpscalePipeline.load_config, MODEL_INDEX)
     # StableDiffusionUpscalePipeline's default, for a model_index.json without the key.
     max_noise_level = int(model_index.get("max_noise_level", 350))
-    if settings.noise_level > max_noise_level:
-        raise ValueError(f"{OPTION}.noise_level={settings.noise_level} is invalid; this upscaler accepts at "
-                         f"most max_noise_level={max_noise_level}")
+    _check_noise_level(settings, max_noise_level)
     tokenizer = source.from_pretrained(CLIPTokenizer.from_pretrained, TOKENIZER)
     text_encoder = source.from_pretrained(CLIPTextModel.from_pretrained, TEXT_ENCODER, dtype=torch.float32)
     check_tokenizer(tokenizer, text_encoder, source)

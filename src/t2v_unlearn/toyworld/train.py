@@ -654,7 +654,7 @@ def _frozen_image_models(run: Run, clip_latents: np.ndarray):
 
 def _train_temporal_layers(run: Run, stage: str, cfg: dict, model, trainable: list, text_encoder,
                            clip_latents: np.ndarray, clips: dict, text_per_frame: bool) -> tuple[list, float]:
-    """Train `trainable` (the temporal layers of `model`) on clips; return the losses and seconds.
+    """Train `trainable` (the temporal layers of `model`) on clips and return the losses and seconds.
 
     `text_per_frame` repeats each prompt embedding once per frame, as `UNetMotionModel` expects.
     """
