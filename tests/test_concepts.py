@@ -37,6 +37,25 @@ def test_prompts_per_group_limits_each_group():
     assert len(evaluation_items(concepts)) == len(concepts[0].eval_prompts) + len(concepts[0].preserve_prompts)
 
 
+def test_paraphrase_items_sit_between_targets_and_others():
+    (eiffel,) = load_concepts(compose_config(["concept=eiffel"]).concepts)
+    items = evaluation_items([eiffel], paraphrases=True)
+    groups = [i.group for i in items]
+    assert groups == (["target"] * len(eiffel.eval_prompts) + ["paraphrase"] * len(eiffel.paraphrase_prompts)
+                      + ["other"] * len(eiffel.preserve_prompts))
+    assert {i.watched.key for i in items if i.group == "paraphrase"} == {"eiffel"}
+    assert "paraphrase" not in {i.group for i in evaluation_items([eiffel])}
+    limited = evaluation_items([eiffel], prompts_per_group=1, paraphrases=True)
+    assert [i.group for i in limited] == ["target", "paraphrase", "other"]
+
+
+def test_paraphrase_prompts_of_a_concept_pair_follow_their_targets():
+    concepts = load_concepts(compose_config(["concept=snoopy_mickey"]).concepts)
+    items = evaluation_items(concepts, paraphrases=True)
+    paraphrased = [i.watched.key for i in items if i.group == "paraphrase"]
+    assert paraphrased == ["snoopy"] * 4 + ["mickey"] * 4
+
+
 def test_images_dir_shortcut_rejects_several_concepts():
     cfg = compose_config(["concept=snoopy_mickey"])
     with pytest.raises(ValueError, match="concepts.<key>.images_dir"):

@@ -11,7 +11,7 @@ from conftest import compose_config
 from t2v_unlearn.concepts import Concept, PreservePrompt, evaluation_items
 from t2v_unlearn.early_stopping import JudgeEarlyStopping
 from t2v_unlearn.judges.base import Judge
-from t2v_unlearn.run import retain_prompts
+from t2v_unlearn.run import retain_prompts, shared_token_prompts
 from test_train_cli import FAST, run_in_process
 from test_unlearn import CONCEPT, fit, make_datamodule, make_module, state
 
@@ -101,6 +101,37 @@ def test_concept_tokens_change_only_their_rows(tiny_backend):
             assert torch.equal(before[key], after[key]), f"{key} changed with trainable=concept_tokens"
 
 
+def test_concept_tokens_leave_shared_tokens_fixed(tiny_backend):
+    tokenizer = tiny_backend.tokenizer
+    (eiffel_ids,) = tokenizer(["Eiffel"], add_special_tokens=False).input_ids
+    (tower_ids,) = tokenizer(["Tower"], add_special_tokens=False).input_ids
+    before = state(tiny_backend.text_encoder)
+    module = make_module(tiny_backend, trainable="concept_tokens", concept_names=["Eiffel Tower"],
+                         shared_token_prompts=["a cat climbing on Tokyo Tower"])
+    assert module.trainable_token_ids == sorted(eiffel_ids)
+    fit(module, make_datamodule(tiny_backend), epochs=2)
+    after = state(tiny_backend.text_encoder)
+    embedding_key = next(k for k in before if k.endswith("token_embedding.weight"))
+    changed = torch.nonzero((before[embedding_key] != after[embedding_key]).any(dim=1)).flatten().tolist()
+    assert changed and set(changed) <= set(eiffel_ids)
+    assert torch.equal(before[embedding_key][tower_ids], after[embedding_key][tower_ids])
+
+
+def test_concept_tokens_refuse_a_name_made_only_of_shared_tokens(tiny_backend):
+    with pytest.raises(ValueError, match="concept_tokens_skip_shared=false"):
+        make_module(tiny_backend, trainable="concept_tokens", concept_names=["Tokyo Tower"],
+                    shared_token_prompts=["a cat climbing on Tokyo Tower"])
+
+
+def test_shared_token_prompts_include_similar_concepts():
+    eiffel = Concept(key="eiffel", name="Eiffel Tower", kind="object", image_prompts=("a",), eval_prompts=("b",),
+                     preserve_prompts=(PreservePrompt("a cat climbing on Tokyo Tower", "tokyo_tower", "p"),),
+                     probe="p", anchors=(), similar=("tokyo_tower",))
+    assert shared_token_prompts([eiffel], ["a photo of a dog"]) == ["a cat climbing on Tokyo Tower", "a photo of a dog"]
+    # The retain term leaves the similar concept out; the token choice does not.
+    assert "a cat climbing on Tokyo Tower" not in retain_prompts([eiffel], ["a photo of a dog"])
+
+
 class ScriptedJudge(Judge):
     """Finds the target in a scripted share of images on successive calls."""
 
@@ -177,3 +208,13 @@ def test_published_experiment_keeps_lr():
     cfg = compose_config(["experiment=published_snoopy"])
     assert cfg.optim.lr == 1e-5
     assert (cfg.shots, cfg.epochs, cfg.retain.weight) == (4, 5, 0.0)
+
+
+@pytest.mark.parametrize("model", ["toyworld", "animatediff_tiny", "lavie"])
+def test_concept_tokens_preset_brings_its_learning_rate(model):
+    # Token rows need larger steps than the whole encoder on every backend, so the preset's
+    # method_lr wins over the backend's recipe; the command line wins over both.
+    cfg = compose_config([f"model={model}", "method=concept_tokens"])
+    assert cfg.optim.lr == cfg.method_lr >= 1e-2
+    assert compose_config([f"model={model}", "method=concept_tokens", "optim.lr=1e-4"]).optim.lr == 1e-4
+    assert compose_config([f"model={model}", "method=retain"]).optim.lr == (1e-3 if model == "toyworld" else 1e-5)

@@ -25,6 +25,9 @@ def test_default_job_erases_eiffel_keeps_others(tmp_path):
     assert metrics["video/unrelated_rate_after"] >= 0.9 * metrics["video/unrelated_rate_before"]
     assert metrics["video/other_rate_after"] >= 0.9 * metrics["video/other_rate_before"]
     assert metrics["clip/target_similarity_after"] < metrics["clip/target_similarity_before"]
+    # The paraphrase prompts ("the iron lattice tower in Paris") show the tower before unlearning.
+    assert metrics["video/paraphrase_rate_before"] >= 0.75
+    assert metrics["video/paraphrase_rate_after"] is not None
 
 
 def test_published_lr_leaves_eiffel(tmp_path):

@@ -79,6 +79,26 @@ def test_gate_prompts_parse_and_render():
         assert clip.dtype == np.uint8
 
 
+def test_paraphrase_prompts_use_a_trained_paraphrase_and_not_the_name():
+    import yaml
+
+    from t2v_unlearn.toyworld.gates import default_concept_dir
+
+    world = load_world()["concepts"]
+    checked = 0
+    for path in sorted(default_concept_dir().glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text()) or {}
+        for prompt in spec.get("paraphrase_prompts") or []:
+            key = spec["key"]
+            scene = parse_caption(prompt)
+            assert key in scene.concepts(), prompt
+            # A caption of the training grammar, without the held-out paraphrase.
+            assert prompt in enumerate_captions(scene, include_held_out=False), prompt
+            assert not any(name.lower() in prompt.lower() for name in world[key]["names"]), prompt
+            checked += 1
+    assert checked >= 28
+
+
 def test_sampled_captions_parse_back_to_their_scene():
     rng = np.random.default_rng(0)
     checked = 0

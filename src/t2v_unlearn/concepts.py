@@ -34,6 +34,9 @@ class Concept:
     category: str = ""
     similar: tuple[str, ...] = ()
     paraphrases: tuple[str, ...] = ()
+    # Evaluation prompts that name the concept only by a paraphrase ("the beagle from Peanuts"):
+    # they measure whether an erased concept comes back under another name.
+    paraphrase_prompts: tuple[str, ...] = ()
     # A user folder of images that replaces the generated few-shot images.
     images_dir: str | None = None
 
@@ -64,6 +67,7 @@ class Concept:
             category=str(cfg.get("category") or ""),
             similar=tuple(cfg.get("similar") or ()),
             paraphrases=tuple(cfg.get("paraphrases") or ()),
+            paraphrase_prompts=tuple(cfg.get("paraphrase_prompts") or ()),
             images_dir=cfg.get("images_dir") or None,
         )
 
@@ -91,15 +95,18 @@ class EvalItem:
 
     prompt: str
     watched: WatchedConcept
-    # "target" for prompts naming an unlearned concept, "other" for preservation prompts.
+    # "target" for prompts naming an unlearned concept, "paraphrase" for prompts naming it only by
+    # a paraphrase, "other" for preservation prompts.
     group: str
     # An "other" concept listed as similar to an unlearned one (Tokyo Tower for the Eiffel Tower),
     # where leakage is expected.
     similar: bool = False
 
 
-def evaluation_items(concepts: list[Concept], prompts_per_group: int | None = None) -> list[EvalItem]:
-    """List the target prompts of every concept, then the preservation prompts.
+def evaluation_items(concepts: list[Concept], prompts_per_group: int | None = None,
+                     paraphrases: bool = False) -> list[EvalItem]:
+    """List the target prompts of every concept, then (with `paraphrases`) their paraphrase
+    prompts, then the preservation prompts.
 
     A preservation prompt that names one of the unlearned concepts (Mickey Mouse in Snoopy's list
     when both are unlearned) is dropped, since it is no longer "other". Duplicates are dropped.
@@ -113,6 +120,12 @@ def evaluation_items(concepts: list[Concept], prompts_per_group: int | None = No
             if (prompt, concept.key) not in seen:
                 seen.add((prompt, concept.key))
                 items.append(EvalItem(prompt, concept.watched, "target"))
+    if paraphrases:
+        for concept in concepts:
+            for prompt in concept.paraphrase_prompts:
+                if (prompt, concept.key) not in seen:
+                    seen.add((prompt, concept.key))
+                    items.append(EvalItem(prompt, concept.watched, "paraphrase"))
     for concept in concepts:
         for p in concept.preserve_prompts:
             if p.concept in target_keys or (p.prompt, p.concept) in seen:
@@ -121,9 +134,8 @@ def evaluation_items(concepts: list[Concept], prompts_per_group: int | None = No
             similar = any(p.concept in c.similar for c in concepts)
             items.append(EvalItem(p.prompt, WatchedConcept(p.concept, p.probe, concept.anchors), "other", similar))
     if prompts_per_group is not None:
-        targets = [item for item in items if item.group == "target"][:prompts_per_group]
-        others = [item for item in items if item.group == "other"][:prompts_per_group]
-        items = targets + others
+        items = [item for group in ("target", "paraphrase", "other")
+                 for item in [i for i in items if i.group == group][:prompts_per_group]]
     return items
 
 

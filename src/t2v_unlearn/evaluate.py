@@ -128,12 +128,14 @@ def _probe_similarity(scorer, videos: np.ndarray, samples: list[EvalItem], frame
 
 
 def rate(present: np.ndarray | None, samples: list[EvalItem], group: str) -> float | None:
-    """Share of positives among the samples of `group`: "target", "other", or "similar" (the
-    other concepts listed as similar to an unlearned one) and "unrelated" (the rest of "other")."""
+    """Share of positives among the samples of `group`: "target", "paraphrase" (the target named
+    another way), "other", or "similar" (the other concepts listed as similar to an unlearned one)
+    and "unrelated" (the rest of "other"). None when the group has no sample."""
     if present is None:
         return None
     select = {
         "target": lambda s: s.group == "target",
+        "paraphrase": lambda s: s.group == "paraphrase",
         "other": lambda s: s.group == "other",
         "similar": lambda s: s.group == "other" and s.similar,
         "unrelated": lambda s: s.group == "other" and not s.similar,
@@ -150,6 +152,8 @@ def phase_metrics(phase: str, outputs: PhaseOutputs, samples: list[EvalItem]) ->
         f"image/other_rate_{phase}": rate(outputs.image_present, samples, "other"),
         f"video/similar_rate_{phase}": rate(outputs.video_present, samples, "similar"),
         f"video/unrelated_rate_{phase}": rate(outputs.video_present, samples, "unrelated"),
+        f"video/paraphrase_rate_{phase}": rate(outputs.video_present, samples, "paraphrase"),
+        f"image/paraphrase_rate_{phase}": rate(outputs.image_present, samples, "paraphrase"),
         f"clip/target_similarity_{phase}": (
             float(outputs.clip_similarity.mean())
             if outputs.clip_similarity is not None and len(outputs.clip_similarity) else None

@@ -87,6 +87,14 @@ def retain_prompts(concepts, generic_prompts=(), include_similar: bool = False) 
     return prompts
 
 
+def shared_token_prompts(concepts, generic_prompts=()) -> list[str]:
+    """Prompts whose tokens `trainable=concept_tokens` leaves fixed: the retain prompts with the
+    similar concepts' preservation prompts included (a word such as "tower", which Tokyo Tower
+    shares with the Eiffel Tower, is not the concept's own). Prompts that name an unlearned concept
+    are left out, as in the retain set."""
+    return [p for p in retain_prompts(concepts, generic_prompts, include_similar=True) if p]
+
+
 def _config_choice(group: str) -> str | None:
     """Return the option chosen for a config group (e.g. method=retain), when Hydra composed the run."""
     if not HydraConfig.initialized():
@@ -169,8 +177,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     fewshot_s = time.perf_counter() - t0
 
     # 2. Videos and images of the original model, before the encoder changes in place.
-    settings = EvalSettings(**{k: v for k, v in cfg.eval.items() if k not in ("clip_similarity", "prompts_per_group")})
-    items = evaluation_items(concepts, cfg.eval.prompts_per_group)
+    settings = EvalSettings(**{k: v for k, v in cfg.eval.items()
+                               if k not in ("clip_similarity", "prompts_per_group", "paraphrases")})
+    items = evaluation_items(concepts, cfg.eval.prompts_per_group, bool(cfg.eval.paraphrases))
     samples, seeds = expand(items, settings)
     t0 = time.perf_counter()
     before = run_phase("before", backend, judge, scorer, items, backend.text_encoder, out_dir, settings)
@@ -193,6 +202,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         retain_batch_size=int(cfg.retain.batch_size),
         retain_space=str(cfg.retain.space),
         concept_names=[c.name for c in concepts],
+        shared_token_prompts=shared_token_prompts(concepts, cfg.retain.generic_prompts)
+        if cfg.concept_tokens_skip_shared else (),
         gradient_checkpointing=bool(cfg.gradient_checkpointing),
     )
     provenance = {
@@ -202,6 +213,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "epochs": int(cfg.epochs),
         "batch_size": int(cfg.batch_size),
         "trainable": cfg.trainable,
+        "trainable_token_ids": module.trainable_token_ids,
         "retain": OmegaConf.to_container(cfg.retain, resolve=True),
         "method": _config_choice("method"),
         "optimizer": OmegaConf.to_container(cfg.optim, resolve=True),

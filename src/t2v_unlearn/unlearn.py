@@ -87,6 +87,7 @@ class TextEncoderUnlearning(pl.LightningModule):
         retain_batch_size: int = 8,
         retain_space: str = "embedding",
         concept_names: Sequence[str] = (),
+        shared_token_prompts: Sequence[str] = (),
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
@@ -128,7 +129,7 @@ class TextEncoderUnlearning(pl.LightningModule):
         self._token_mask: torch.Tensor | None = None
         self._original_embeddings: torch.Tensor | None = None
         if trainable == "concept_tokens":
-            self._setup_concept_tokens(concept_names)
+            self._setup_concept_tokens(concept_names, shared_token_prompts)
 
         if self.retain_weight > 0 and not self.retain_prompts:
             raise ValueError("retain.weight > 0 needs retain prompts; the job passes the empty prompt and the "
@@ -141,16 +142,35 @@ class TextEncoderUnlearning(pl.LightningModule):
 
     # ---- Lightning wiring -------------------------------------------------------------------
 
-    def _setup_concept_tokens(self, concept_names: Sequence[str]) -> None:
+    def _setup_concept_tokens(self, concept_names: Sequence[str], shared_token_prompts: Sequence[str]) -> None:
+        """Let only the rows of the concept names' tokens change, except tokens that also occur in
+        `shared_token_prompts` ("tower" of "Eiffel Tower" is in "a cat climbing on Tokyo Tower")."""
         if not concept_names:
             raise ValueError("trainable=concept_tokens needs the concept names to find their tokens")
         ids = self.tokenizer(list(concept_names), add_special_tokens=False).input_ids
-        token_ids = sorted({i for row in ids for i in row})
+        name_ids = sorted({i for row in ids for i in row})
+        shared: set[int] = set()
+        if shared_token_prompts:
+            shared = {i for row in self.tokenizer(list(shared_token_prompts), add_special_tokens=False).input_ids
+                      for i in row}
+        token_ids = [i for i in name_ids if i not in shared]
+        if not token_ids:
+            names = ", ".join(repr(n) for n in concept_names)
+            raise ValueError(f"trainable=concept_tokens: every token of {names} also occurs in a preservation or "
+                             "generic retain prompt, so no embedding row may change; pass "
+                             "concept_tokens_skip_shared=false to train the shared rows anyway")
         embedding = self.text_encoder.get_input_embeddings().weight
         self._token_mask = torch.zeros(embedding.shape[0], dtype=torch.bool)
         self._token_mask[token_ids] = True
         self._original_embeddings = embedding.detach().clone()
-        log.info("trainable=concept_tokens: %d embedding rows can change (token ids %s)", len(token_ids), token_ids)
+        skipped = sorted(set(name_ids) - set(token_ids))
+        log.info("trainable=concept_tokens: %d embedding rows can change (token ids %s); %d shared with other "
+                 "prompts stay fixed (%s)", len(token_ids), token_ids, len(skipped), skipped)
+
+    @property
+    def trainable_token_ids(self) -> list[int] | None:
+        """Token ids whose embedding rows may change (trainable=concept_tokens), else None."""
+        return None if self._token_mask is None else torch.nonzero(self._token_mask).flatten().tolist()
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         if self._token_mask is None:
