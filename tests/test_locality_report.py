@@ -5,7 +5,7 @@ import pytest
 from t2v_unlearn.analysis.locality import collect_runs, main, mark_pareto_front
 
 
-def make_run(root, name, concept, lr, target, other, extra="", backend="toyworld"):
+def make_run(root, name, concept, lr, target, other, extra="", backend="toyworld", paraphrase=None):
     folder = root / name
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(f"- concept={concept}\n- optim.lr={lr}\n- logger=none\n{extra}")
@@ -16,6 +16,8 @@ def make_run(root, name, concept, lr, target, other, extra="", backend="toyworld
     (folder / "text_encoder" / "unlearning.json").write_text(json.dumps(provenance))
     metrics = {"video/target_rate_after": target, "video/other_rate_after": other,
                "video/target_rate_before": 1.0, "video/other_rate_before": 1.0}
+    if paraphrase is not None:
+        metrics.update({"video/paraphrase_rate_before": 1.0, "video/paraphrase_rate_after": paraphrase})
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -48,6 +50,16 @@ def test_report_files_written(tmp_path):
     assert "python train.py -m ..." in table
     assert (tmp_path / "report" / "locality_eiffel__toyworld.png").stat().st_size > 1000
     assert len(json.loads((tmp_path / "report" / "locality.json").read_text())) == 2
+
+
+def test_report_adds_paraphrase_columns(tmp_path):
+    make_run(tmp_path / "sweep", "0", "eiffel", 1e-2, 0.0, 1.0, paraphrase=0.75)
+    make_run(tmp_path / "sweep", "1", "eiffel", 1e-3, 0.0, 1.0)   # a run from before eval.paraphrases
+    main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report")])
+    table = (tmp_path / "report" / "locality.md").read_text()
+    assert "| paraphrase before | paraphrase after | Pareto |" in table
+    assert "| 1.00 | 0.00 | 1.00 | 1.00 | 1.00 | 0.75 | yes |" in table
+    assert "| 1.00 | 0.00 | 1.00 | 1.00 |  |  | yes |" in table
 
 
 def test_missing_sweep_folder_is_named(tmp_path):

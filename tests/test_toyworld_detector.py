@@ -62,3 +62,19 @@ def test_clip_prefers_matching_captions():
     images = np.stack([render_image(parse_caption(p), seed=i) for i, p in enumerate(prompts)])
     similarity = np.stack([scorer.similarity(images, p) for p in prompts], axis=1)  # (image, prompt)
     assert similarity.argmax(axis=1).tolist() == list(range(len(prompts)))
+
+
+def test_auto_judge_uses_detector_beside_weights(tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    from t2v_unlearn.judges.auto import build_auto_judge
+
+    shutil.copytree(default_weights_dir() / "detector", tmp_path / "detector")
+    config = json.loads((tmp_path / "detector" / "config.json").read_text())
+    config["thresholds"] = [0.5] * len(config["thresholds"])
+    (tmp_path / "detector" / "config.json").write_text(json.dumps(config))
+    backend = SimpleNamespace(name="toyworld", weights_dir=tmp_path, device="cpu")
+    assert set(build_auto_judge(backend).thresholds.values()) == {0.5}
+    packaged = build_auto_judge(SimpleNamespace(name="toyworld", weights_dir=None, device="cpu"))
+    assert set(packaged.thresholds.values()) != {0.5}

@@ -39,6 +39,9 @@ class SweepRun:
     lr: float | None = None
     retain_weight: float | None = None
     steps: int | None = None
+    # The target named by a paraphrase (eval.paraphrases); None for runs without paraphrase prompts.
+    paraphrase_before: float | None = None
+    paraphrase_after: float | None = None
     pareto: bool = False
 
     @property
@@ -82,6 +85,8 @@ def collect_runs(root: str | Path) -> list[SweepRun]:
             lr=(provenance.get("optimizer") or {}).get("lr"),
             retain_weight=(provenance.get("retain") or {}).get("weight"),
             steps=provenance.get("optimizer_steps", metrics.get("train/optimizer_steps")),
+            paraphrase_before=metrics.get("video/paraphrase_rate_before"),
+            paraphrase_after=metrics.get("video/paraphrase_rate_after"),
         ))
     return runs
 
@@ -125,14 +130,20 @@ def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None 
     lines = []
     if command:
         lines += ["Command:", "", "```bash", command, "```", ""]
+    with_paraphrases = any(r.paraphrase_after is not None for r in runs)
     header = ["concepts (model)", "method", "lr", "retain weight", "steps", *swept_keys, "target before",
-              "target after", "other before", "other after", "Pareto"]
+              "target after", "other before", "other after"]
+    header += ["paraphrase before", "paraphrase after"] if with_paraphrases else []
+    header += ["Pareto"]
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for run in sorted(runs, key=lambda r: (r.group, r.target_after, -r.other_after)):
         cells = [run.group, run.method or "", _setting(run.lr), _setting(run.retain_weight), _setting(run.steps),
                  *[run.overrides.get(k, "") for k in swept_keys],
                  _rate(run.target_before), f"{run.target_after:.2f}", _rate(run.other_before),
-                 f"{run.other_after:.2f}", "yes" if run.pareto else ""]
+                 f"{run.other_after:.2f}"]
+        if with_paraphrases:
+            cells += [_rate(run.paraphrase_before), _rate(run.paraphrase_after)]
+        cells.append("yes" if run.pareto else "")
         lines.append("| " + " | ".join(cells) + " |")
     (out_dir / "locality.md").write_text("\n".join(lines) + "\n")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,9 @@ class Backend:
     # Called as `video_postprocess(videos, prompts, seeds, text_encoder)`, where `text_encoder` is the
     # encoder that rendered the videos. It returns the new uint8 `(n, frames, h, w, 3)` videos.
     video_postprocess: Callable[[np.ndarray, list[str], list[int], torch.nn.Module], np.ndarray] | None = None
+    # Local folder the weights came from, for backends that ship judge weights beside the models
+    # (the toy world's detector); None for the others.
+    weights_dir: Path | None = None
 
     @property
     def vae_scaling_factor(self) -> float:

@@ -104,6 +104,7 @@ def build_toyworld_backend(weights_dir: str | None = None, device: str = "cpu", 
     backend = Backend(
         name="toyworld" if video_model == "animatediff" else "toyworld_lavie",
         model_id=model_id,
+        weights_dir=root,
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         unet=unet,

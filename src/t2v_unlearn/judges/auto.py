@@ -15,7 +15,10 @@ def build_auto_judge(backend, clip_threshold: float | None = None) -> Judge:
     if backend.name.startswith("toyworld"):
         from t2v_unlearn.judges.detector import ToyWorldDetectorJudge
 
-        log.info("Judge: the toy world's concept detector (ground truth of the rendered world)")
-        return ToyWorldDetectorJudge(device=str(backend.device))
+        # The detector that was trained with these weights (model.backend.weights_dir may point elsewhere).
+        detector_dir = backend.weights_dir / "detector" if backend.weights_dir is not None else None
+        log.info("Judge: the toy world's concept detector (ground truth of the rendered world) from %s",
+                 detector_dir or "the package's weights")
+        return ToyWorldDetectorJudge(str(detector_dir) if detector_dir else None, device=str(backend.device))
     log.info("Judge: CLIP zero-shot (%s)", backend.clip.get("model_name", backend.clip.get("loader")))
     return build_clip_judge(backend, threshold=clip_threshold)
