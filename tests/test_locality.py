@@ -117,7 +117,7 @@ def test_concept_tokens_leave_shared_tokens_fixed(tiny_backend):
     assert torch.equal(before[embedding_key][tower_ids], after[embedding_key][tower_ids])
 
 
-def test_concept_tokens_refuse_a_name_made_only_of_shared_tokens(tiny_backend):
+def test_concept_tokens_reject_all_shared_name(tiny_backend):
     with pytest.raises(ValueError, match="concept_tokens_skip_shared=false"):
         make_module(tiny_backend, trainable="concept_tokens", concept_names=["Tokyo Tower"],
                     shared_token_prompts=["a cat climbing on Tokyo Tower"])
@@ -192,6 +192,7 @@ def test_presets_compose_with_multi_concept(tmp_path, method):
 @pytest.mark.parametrize(("overrides", "method", "weight"), [
     ([], "retain", 3.0),                                   # the toy world's default
     (["model=toyworld_lavie"], "retain", 3.0),
+    (["method=concept_tokens"], "concept_tokens", 0.0),
     (["method=paper"], "paper", 0.0),                       # the command line wins
     (["experiment=published_snoopy"], "paper", 0.0),
     (["model=animatediff_tiny"], "paper", 0.0),             # every other model: the published method
@@ -213,7 +214,7 @@ def test_published_experiment_keeps_lr():
 @pytest.mark.parametrize("model", ["toyworld", "animatediff_tiny", "lavie"])
 def test_concept_tokens_preset_brings_its_learning_rate(model):
     # Token rows need larger steps than the whole encoder on every backend, so the preset's
-    # method_lr wins over the backend's recipe; the command line wins over both.
+    # method_lr wins over the backend's recipe. The command line wins over both.
     cfg = compose_config([f"model={model}", "method=concept_tokens"])
     assert cfg.optim.lr == cfg.method_lr >= 1e-2
     assert compose_config([f"model={model}", "method=concept_tokens", "optim.lr=1e-4"]).optim.lr == 1e-4
