@@ -199,31 +199,25 @@ def build_vae(cfg: dict, size: int):
     )
 
 
-def stage_vae(run: Run) -> dict:
-    cfg = run.config["vae"]
-    train = run.load_pickle("train.pkl")
-    heldout = run.load_pickle("heldout.pkl")
-    torch.manual_seed(run.seed)
-    vae = build_vae(cfg, run.config["image_size"])
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg["lr"], weight_decay=0.0)
+def _train_autoencoder(run: Run, stage: str, vae, optimizer, cfg: dict, images: np.ndarray,
+                       loss_fn) -> tuple[list[float], float]:
+    """Train `vae` for `cfg["steps"]` steps of `loss_fn(images, generator) -> (loss, mse)` on random
+    batches of `images`, resuming from the stage's checkpoint.
+
+    Returns the MSE of every step and the seconds spent, earlier runs of a resumed stage included.
+    """
     start, losses, elapsed = 0, [], 0.0
-    state = run.load_checkpoint("vae")
+    state = run.load_checkpoint(stage)
     if state is not None:
         vae.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
-    logger.info("vae: %.2fM parameters, steps %d..%d", sum(p.numel() for p in vae.parameters()) / 1e6,
-                start, cfg["steps"])
     started = time.time() - elapsed
     vae.train()
-    for step in tqdm(range(start, cfg["steps"]), desc="vae", initial=start, total=cfg["steps"]):
-        rng, generator = run.step_rng("vae", step)
-        index = rng.integers(0, len(train["images"]), cfg["batch_size"])
-        images = _to_unit_range(train["images"][index])
-        posterior = vae.encode(images).latent_dist
-        reconstruction = vae.decode(posterior.sample(generator=generator)).sample
-        mse = torch.nn.functional.mse_loss(reconstruction, images)
-        loss = mse + cfg["kl_weight"] * posterior.kl().mean()
+    for step in tqdm(range(start, cfg["steps"]), desc=stage, initial=start, total=cfg["steps"]):
+        rng, generator = run.step_rng(stage, step)
+        index = rng.integers(0, len(images), cfg["batch_size"])
+        loss, mse = loss_fn(_to_unit_range(images[index]), generator)
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, cfg["steps"], 50, cfg["lr"])
         optimizer.zero_grad(set_to_none=True)
@@ -231,11 +225,28 @@ def stage_vae(run: Run) -> dict:
         optimizer.step()
         losses.append(mse.item())
         if (step + 1) % LOG_EVERY == 0:
-            logger.info("vae step %d: reconstruction mse %.5f", step + 1, np.mean(losses[-LOG_EVERY:]))
+            logger.info("%s step %d: reconstruction mse %.5f", stage, step + 1, np.mean(losses[-LOG_EVERY:]))
         if (step + 1) % CHECKPOINT_EVERY == 0:
-            run.save_checkpoint("vae", {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+            run.save_checkpoint(stage, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
                                         "step": step + 1, "losses": losses, "elapsed": time.time() - started})
-    seconds = time.time() - started
+    return losses, time.time() - started
+
+
+def stage_vae(run: Run) -> dict:
+    cfg = run.config["vae"]
+    train = run.load_pickle("train.pkl")
+    heldout = run.load_pickle("heldout.pkl")
+    torch.manual_seed(run.seed)
+    vae = build_vae(cfg, run.config["image_size"])
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg["lr"], weight_decay=0.0)
+    logger.info("vae: %.2fM parameters, %d steps", sum(p.numel() for p in vae.parameters()) / 1e6, cfg["steps"])
+
+    def vae_loss(images, generator):
+        posterior = vae.encode(images).latent_dist
+        mse = torch.nn.functional.mse_loss(vae.decode(posterior.sample(generator=generator)).sample, images)
+        return mse + cfg["kl_weight"] * posterior.kl().mean(), mse
+
+    losses, seconds = _train_autoencoder(run, "vae", vae, optimizer, cfg, train["images"], vae_loss)
 
     vae.eval()
     with torch.no_grad():
@@ -266,35 +277,17 @@ def stage_decoder(run: Run) -> dict:
     for parameter in trainable:
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=0.0)
-    start, losses, elapsed = 0, [], 0.0
-    state = run.load_checkpoint("decoder")
-    if state is not None:
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, losses, elapsed = state["step"], state["losses"], state["elapsed"]
-    logger.info("decoder: %.2fM trainable parameters, steps %d..%d", sum(p.numel() for p in trainable) / 1e6,
-                start, cfg["steps"])
-    started = time.time() - elapsed
-    vae.train()
-    for step in tqdm(range(start, cfg["steps"]), desc="decoder", initial=start, total=cfg["steps"]):
-        rng, generator = run.step_rng("decoder", step)
-        index = rng.integers(0, len(train["images"]), cfg["batch_size"])
-        images = _to_unit_range(train["images"][index])
+    logger.info("decoder: %.2fM trainable parameters, %d steps", sum(p.numel() for p in trainable) / 1e6,
+                cfg["steps"])
+
+    def decoder_loss(images, generator):
         with torch.no_grad():
             posterior = vae.encode(images).latent_dist
-        loss = torch.nn.functional.mse_loss(vae.decode(posterior.sample(generator=generator)).sample, images)
-        for group in optimizer.param_groups:
-            group["lr"] = _cosine_lr(step, cfg["steps"], 50, cfg["lr"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if (step + 1) % LOG_EVERY == 0:
-            logger.info("decoder step %d: reconstruction mse %.5f", step + 1, np.mean(losses[-LOG_EVERY:]))
-        if (step + 1) % CHECKPOINT_EVERY == 0:
-            run.save_checkpoint("decoder", {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "step": step + 1, "losses": losses, "elapsed": time.time() - started})
-    seconds = time.time() - started
+        mse = torch.nn.functional.mse_loss(vae.decode(posterior.sample(generator=generator)).sample, images)
+        return mse, mse
+
+    losses, seconds = _train_autoencoder(run, "decoder", vae, optimizer, cfg, train["images"], decoder_loss)
+
     vae.eval()
     with torch.no_grad():
         heldout_batch = _to_unit_range(heldout["images"][:512])
