@@ -49,7 +49,7 @@ def test_paraphrase_items_sit_between_targets_and_others():
     assert [i.group for i in limited] == ["target", "paraphrase", "other"]
 
 
-def test_paraphrase_prompts_of_a_concept_pair_follow_their_targets():
+def test_paraphrase_items_follow_each_target():
     concepts = load_concepts(compose_config(["concept=snoopy_mickey"]).concepts)
     items = evaluation_items(concepts, paraphrases=True)
     paraphrased = [i.watched.key for i in items if i.group == "paraphrase"]

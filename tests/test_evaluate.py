@@ -28,13 +28,13 @@ def test_each_group_counts_only_its_samples():
     assert rate(present, SAMPLES, "unrelated") == 1.0
 
 
-def test_a_group_without_samples_has_no_rate():
+def test_rate_of_empty_group_is_none():
     present = np.array([True, False, True, True, False, True])
     assert rate(present, SAMPLES[:2] + SAMPLES[4:], "paraphrase") is None
     assert rate(None, SAMPLES, "target") is None
 
 
-def test_phase_metrics_report_paraphrase_rates_for_videos_and_images():
+def test_phase_metrics_include_paraphrase_rates():
     outputs = PhaseOutputs(video_present=np.array([False, False, True, False, True, True]),
                            image_present=np.array([False, False, False, False, True, True]),
                            clip_similarity=None, video_paths=[], grid_paths=[], image_grid_path=None)

@@ -128,7 +128,7 @@ def test_shared_token_prompts_include_similar_concepts():
                      preserve_prompts=(PreservePrompt("a cat climbing on Tokyo Tower", "tokyo_tower", "p"),),
                      probe="p", anchors=(), similar=("tokyo_tower",))
     assert shared_token_prompts([eiffel], ["a photo of a dog"]) == ["a cat climbing on Tokyo Tower", "a photo of a dog"]
-    # The retain term leaves the similar concept out; the token choice does not.
+    # The retain term leaves the similar concept out, but the token choice does not.
     assert "a cat climbing on Tokyo Tower" not in retain_prompts([eiffel], ["a photo of a dog"])
 
 

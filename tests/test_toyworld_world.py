@@ -79,7 +79,7 @@ def test_gate_prompts_parse_and_render():
         assert clip.dtype == np.uint8
 
 
-def test_paraphrase_prompts_use_a_trained_paraphrase_and_not_the_name():
+def test_paraphrase_prompts_avoid_concept_names():
     import yaml
 
     from t2v_unlearn.toyworld.gates import default_concept_dir

@@ -34,8 +34,8 @@ class Concept:
     category: str = ""
     similar: tuple[str, ...] = ()
     paraphrases: tuple[str, ...] = ()
-    # Evaluation prompts that name the concept only by a paraphrase ("the beagle from Peanuts"):
-    # they measure whether an erased concept comes back under another name.
+    # Evaluation prompts that name the concept only by a paraphrase ("the beagle from Peanuts").
+    # They measure whether an erased concept comes back under another name.
     paraphrase_prompts: tuple[str, ...] = ()
     # A user folder of images that replaces the generated few-shot images.
     images_dir: str | None = None

@@ -164,7 +164,7 @@ class TextEncoderUnlearning(pl.LightningModule):
         self._token_mask[token_ids] = True
         self._original_embeddings = embedding.detach().clone()
         skipped = sorted(set(name_ids) - set(token_ids))
-        log.info("trainable=concept_tokens: %d embedding rows can change (token ids %s); %d shared with other "
+        log.info("trainable=concept_tokens: %d embedding rows can change (token ids %s), and %d shared with other "
                  "prompts stay fixed (%s)", len(token_ids), token_ids, len(skipped), skipped)
 
     @property
