@@ -190,9 +190,9 @@ def test_presets_compose_with_multi_concept(tmp_path, method):
 
 
 @pytest.mark.parametrize(("overrides", "method", "weight"), [
-    ([], "retain", 3.0),                                   # the toy world's default
-    (["model=toyworld_lavie"], "retain", 3.0),
-    (["method=concept_tokens"], "concept_tokens", 0.0),
+    ([], "concept_tokens", 0.0),                           # the toy world's default
+    (["model=toyworld_lavie"], "concept_tokens", 0.0),
+    (["method=retain"], "retain", 3.0),
     (["method=paper"], "paper", 0.0),                       # the command line wins
     (["experiment=published_snoopy"], "paper", 0.0),
     (["model=animatediff_tiny"], "paper", 0.0),             # every other model: the published method

@@ -12,11 +12,11 @@ def test_default_job_erases_eiffel_keeps_others(tmp_path):
     provenance = json.loads((out / "text_encoder" / "unlearning.json").read_text())
 
     assert provenance["backend"] == "toyworld"
-    # The toy world's default method and learning rate, see conf/model/toyworld.yaml.
-    assert provenance["method"] == "retain"
-    assert provenance["retain"]["weight"] == 3.0
-    assert provenance["optimizer"]["lr"] == 1e-3
-    assert metrics["train/optimizer_steps"] == 5
+    # The toy world's default method and its learning rate, see conf/model/toyworld.yaml.
+    assert provenance["method"] == "concept_tokens"
+    assert provenance["trainable"] == "concept_tokens"
+    assert provenance["optimizer"]["lr"] == 1e-2
+    assert metrics["train/optimizer_steps"] == 10
     assert metrics["video/target_rate_before"] >= 0.9
     assert metrics["image/target_rate_before"] >= 0.9
     assert metrics["video/target_rate_after"] <= 0.1

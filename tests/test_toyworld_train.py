@@ -60,6 +60,9 @@ def test_smoke_training_stages(tmp_path):
     assert any(not torch.equal(before[key], after[key]) for key in decoder_keys)
     unet_metrics = json.loads((scratch / "done" / "unet.json").read_text())
     assert unet_metrics["steps"] == sum(cycle["steps"] for cycle in unet_metrics["cycles"])
+    # The model card's wall clock and thread column come from these.
+    assert unet_metrics["torch_threads"] == torch.get_num_threads()
+    assert unet_metrics["finished_at"] >= unet_metrics["seconds"] > 0
 
     from t2v_unlearn.backends.toyworld import build_toyworld_backend
 
