@@ -217,12 +217,14 @@ def format_table(result: dict) -> str:
 def write_model_card(path: Path, config: dict, metrics: dict, gates: dict) -> None:
     """Write MODEL_CARD.md from the training config, the stage metrics and the gate results."""
     data = metrics.get("data", {})
-    stages = [m for m in metrics.values() if isinstance(m, dict) and m]
-    total = sum(m.get("seconds", 0.0) for m in stages)
-    # Wall clock from the start of the first stage to the end of the last (stages may run in parallel).
-    timed = [m for m in stages if "finished_at" in m]
-    wall = (max(m["finished_at"] for m in timed) - min(m["finished_at"] - m.get("seconds", 0.0) for m in timed)
-            if timed else float("nan"))
+    stage_metrics = [m for m in metrics.values() if isinstance(m, dict) and m]
+    total = sum(m.get("seconds", 0.0) for m in stage_metrics)
+    # Stages may run in parallel, so the wall clock spans the earliest start to the latest end.
+    finished = [m for m in stage_metrics if "finished_at" in m]
+    wall = float("nan")
+    if finished:
+        first_start = min(m["finished_at"] - m.get("seconds", 0.0) for m in finished)
+        wall = max(m["finished_at"] for m in finished) - first_start
     rows = []
     for stage in ("data", "vae", "decoder", "latents", "detector", "clip", "unet", "motion", "lavie"):
         m = metrics.get(stage, {})

@@ -792,8 +792,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default=None, help="output folder (default: the package's weights/)")
     parser.add_argument("--stages", nargs="*", default=STAGES, choices=STAGES, help="stages to run, in order")
     parser.add_argument("--smoke", action="store_true", help="tiny counts to check the pipeline in minutes")
-    # `make toyworld` passes 2: on an idle 2-core CPU a UNet step takes 0.44 s with two threads and
-    # 0.74 s with one. On a CPU shared with other jobs, one thread per process can be faster.
+    # `make toyworld` passes 2 because on an idle 2-core CPU a UNet step takes 0.44 s with two threads
+    # and 0.74 s with one. On a 2-core CPU shared with other jobs, two threads made a step 3x slower.
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     args = parser.parse_args(argv)
 
