@@ -1,6 +1,8 @@
 """Quality gates of the toy world, measured on the committed weights.
 
     python scripts/toyworld_gates.py [--output gates.json]   # prints a table per concept
+    python scripts/toyworld_gates.py --image-seeds 8 --video-seeds 0 --first-seed 100
+        # images only, on seeds the model card does not use: a second, independent sample
 
 1. Detector: accuracy per concept on fresh held-out renders (seeds never used in training).
 2. Generation: over the published prompts and every prompt of conf/concept/*.yaml, how often each
@@ -71,17 +73,19 @@ def _detection_rates(named: list[frozenset], detected: dict[str, np.ndarray]) ->
     return rates
 
 
-def generation_rates(backend, judge, prompts: list[str], image_seeds: int, video_seeds: int) -> dict:
+def generation_rates(backend, judge, prompts: list[str], image_seeds: int, video_seeds: int,
+                     first_seed: int = 0) -> dict:
     """Generate images and videos for each prompt and measure detection rates and timing.
 
-    `image_seeds=0` measures videos only (for a second video model on the same image model).
+    Seeds run from `first_seed` upwards. `image_seeds=0` measures videos only (for a second video
+    model on the same image model), `video_seeds=0` images only.
     """
     named = [parse_caption(prompt).concepts() for prompt in prompts]
     result = {}
     image_hits = None
     if image_seeds:
         image_prompts = [p for p in prompts for _ in range(image_seeds)]
-        image_seed_list = [s for _ in prompts for s in range(image_seeds)]
+        image_seed_list = [first_seed + s for _ in prompts for s in range(image_seeds)]
         started = time.time()
         images = backend.generate_images(image_prompts, image_seed_list, desc="gate images")
         result["seconds_per_image"] = (time.time() - started) / len(image_prompts)
@@ -90,31 +94,34 @@ def generation_rates(backend, judge, prompts: list[str], image_seeds: int, video
         image_named = [names for names in named for _ in range(image_seeds)]
         result["images"] = _detection_rates(image_named, image_hits)
 
-    video_prompts = [p for p in prompts for _ in range(video_seeds)]
-    video_seed_list = [s for _ in prompts for s in range(video_seeds)]
-    started = time.time()
-    videos = backend.generate_videos(video_prompts, video_seed_list, desc="gate videos")
-    result["seconds_per_video"] = (time.time() - started) / len(video_prompts)
-    result["num_videos"] = len(video_prompts)
+    video_hits = None
+    if video_seeds:
+        video_prompts = [p for p in prompts for _ in range(video_seeds)]
+        video_seed_list = [first_seed + s for _ in prompts for s in range(video_seeds)]
+        started = time.time()
+        videos = backend.generate_videos(video_prompts, video_seed_list, desc="gate videos")
+        result["seconds_per_video"] = (time.time() - started) / len(video_prompts)
+        result["num_videos"] = len(video_prompts)
 
-    video_named = [names for names in named for _ in range(video_seeds)]
-    n, f = videos.shape[:2]
-    frame_hits = judge.detect_all(videos.reshape(n * f, *videos.shape[2:]))
-    video_hits = {key: hits.reshape(n, f).mean(axis=1) >= VIDEO_FRAME_SHARE for key, hits in frame_hits.items()}
-    frame_named = [names for names in video_named for _ in range(f)]
-    result["videos"] = _detection_rates(video_named, video_hits)
-    result["video_frames"] = _detection_rates(frame_named, frame_hits)
+        video_named = [names for names in named for _ in range(video_seeds)]
+        n, f = videos.shape[:2]
+        frame_hits = judge.detect_all(videos.reshape(n * f, *videos.shape[2:]))
+        video_hits = {key: hits.reshape(n, f).mean(axis=1) >= VIDEO_FRAME_SHARE for key, hits in frame_hits.items()}
+        frame_named = [names for names in video_named for _ in range(f)]
+        result["videos"] = _detection_rates(video_named, video_hits)
+        result["video_frames"] = _detection_rates(frame_named, frame_hits)
+
+    def shares(hits: dict, index: int, per_prompt: int) -> dict:
+        rows = slice(index * per_prompt, (index + 1) * per_prompt)
+        return {key: float(h[rows].mean()) for key, h in hits.items() if h[rows].any() or key in named[index]}
 
     per_prompt = []
     for index, prompt in enumerate(prompts):
-        video_rows = slice(index * video_seeds, (index + 1) * video_seeds)
         row = {"prompt": prompt, "named": sorted(named[index])}
         if image_hits is not None:
-            rows = slice(index * image_seeds, (index + 1) * image_seeds)
-            row["images_detected"] = {key: float(image_hits[key][rows].mean()) for key in image_hits
-                                      if image_hits[key][rows].any() or key in named[index]}
-        row["videos_detected"] = {key: float(video_hits[key][video_rows].mean()) for key in video_hits
-                                  if video_hits[key][video_rows].any() or key in named[index]}
+            row["images_detected"] = shares(image_hits, index, image_seeds)
+        if video_hits is not None:
+            row["videos_detected"] = shares(video_hits, index, video_seeds)
         per_prompt.append(row)
     result["per_prompt"] = per_prompt
     return result
@@ -132,17 +139,25 @@ def _summarise(rates: dict) -> dict:
     }
 
 
-def measure_gates(weights_dir: str | None = None, quick: bool = False, concept_dir: str | None = None) -> dict:
-    """Measure every gate on the weights in `weights_dir` (default: the committed ones)."""
+def measure_gates(weights_dir: str | None = None, quick: bool = False, concept_dir: str | None = None,
+                  samples: dict | None = None) -> dict:
+    """Measure every gate on the weights in `weights_dir` (default: the committed ones).
+
+    `samples` overrides entries of SAMPLES (or QUICK_SAMPLES), for example
+    `{"image_seeds": 8, "video_seeds": 0, "first_seed": 100}` for images on other seeds only.
+    """
     from t2v_unlearn.backends.toyworld import build_toyworld_backend
     from t2v_unlearn.judges.detector import ToyWorldDetectorJudge
 
-    samples = QUICK_SAMPLES if quick else SAMPLES
+    samples = {"first_seed": 0, **(QUICK_SAMPLES if quick else SAMPLES), **(samples or {})}
+    if not samples["image_seeds"] and not samples["video_seeds"]:
+        raise ValueError("image_seeds and video_seeds are both 0; set at least one of them above 0")
     backend = build_toyworld_backend(weights_dir)
     judge = ToyWorldDetectorJudge(str(Path(weights_dir) / "detector") if weights_dir else None)
     accuracy = detector_accuracy(judge, samples["heldout_renders"], samples["heldout_seed"])
     prompts = gate_prompts(concept_dir)
-    generation = generation_rates(backend, judge, prompts, samples["image_seeds"], samples["video_seeds"])
+    generation = generation_rates(backend, judge, prompts, samples["image_seeds"], samples["video_seeds"],
+                                  samples["first_seed"])
     result = {
         "gates": GATES,
         "samples": samples,
@@ -151,21 +166,25 @@ def measure_gates(weights_dir: str | None = None, quick: bool = False, concept_d
         "detector_accuracy": accuracy,
         "detector_passed": min(accuracy.values()) >= GATES["detector_accuracy"],
         "generation": generation,
-        "images_summary": _summarise(generation["images"]),
-        "videos_summary": _summarise(generation["videos"]),
-        "video_frames_summary": _summarise(generation["video_frames"]),
     }
+    for name in ("images", "videos", "video_frames"):
+        if name in generation:
+            result[f"{name}_summary"] = _summarise(generation[name])
+    if not samples["video_seeds"]:
+        return result
     weights = Path(weights_dir) if weights_dir else None
     lavie_folder = (weights or _committed_weights()) / "lavie_temporal"
     if lavie_folder.is_dir():
         # The same prompts and seeds through the LaVie-architecture video model (model=toyworld_lavie).
         lavie_backend = build_toyworld_backend(weights_dir, video_model="lavie")
-        lavie = generation_rates(lavie_backend, judge, prompts, 0, samples["video_seeds"])
+        lavie = generation_rates(lavie_backend, judge, prompts, 0, samples["video_seeds"], samples["first_seed"])
         result["generation_lavie"] = lavie
         result["lavie_videos_summary"] = _summarise(lavie["videos"])
         result["lavie_video_frames_summary"] = _summarise(lavie["video_frames"])
-    # The main job generates about 20 images and 20 videos before and again after unlearning.
-    result["main_job_generation_seconds"] = 2 * 20 * (generation["seconds_per_image"] + generation["seconds_per_video"])
+    if "seconds_per_image" in generation:
+        # The main job generates about 20 images and 20 videos before and again after unlearning.
+        result["main_job_generation_seconds"] = 2 * 20 * (generation["seconds_per_image"]
+                                                          + generation["seconds_per_video"])
     return result
 
 
@@ -179,36 +198,36 @@ def format_table(result: dict) -> str:
     """Return the gate results as a Markdown table per concept plus a summary."""
     generation = result["generation"]
     lavie = result.get("generation_lavie")
-    header = "| concept | detector accuracy | images named | images unnamed | videos named | videos unnamed |"
-    rule = "|---|---|---|---|---|---|"
+    columns = [("images", generation.get("images")), ("videos", generation.get("videos"))]
     if lavie:
-        header += " LaVie videos named | LaVie videos unnamed |"
-        rule += "---|---|"
-    lines = [header, rule]
+        columns.append(("LaVie videos", lavie["videos"]))
+    columns = [(name, rates) for name, rates in columns if rates is not None]
+    header = ["concept", "detector accuracy"] + [f"{name} {kind}" for name, _ in columns for kind in ("named", "unnamed")]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def cell(value):
         return "-" if value is None else f"{value:.3f}"
 
     for key in concept_keys():
-        image, video = generation["images"][key], generation["videos"][key]
-        line = (f"| {key} | {result['detector_accuracy'][key]:.4f} | {cell(image['named'])} "
-                f"({image['named_count']}) | {cell(image['unnamed'])} | {cell(video['named'])} "
-                f"({video['named_count']}) | {cell(video['unnamed'])} |")
-        if lavie:
-            lavie_video = lavie["videos"][key]
-            line += f" {cell(lavie_video['named'])} ({lavie_video['named_count']}) | {cell(lavie_video['unnamed'])} |"
-        lines.append(line)
+        cells = [key, f"{result['detector_accuracy'][key]:.4f}"]
+        for _, rates in columns:
+            cells += [f"{cell(rates[key]['named'])} ({rates[key]['named_count']})", cell(rates[key]["unnamed"])]
+        lines.append("| " + " | ".join(cells) + " |")
     summary = []
-    names = ["images", "videos", "video_frames"] + (["lavie_videos", "lavie_video_frames"] if lavie else [])
-    for name in names:
-        s = result[f"{name}_summary"]
+    for name in ("images", "videos", "video_frames", "lavie_videos", "lavie_video_frames"):
+        s = result.get(f"{name}_summary")
+        if s is None:
+            continue
         summary.append(f"- {name}: min named {s['min_named']:.3f} ({s['min_named_concept']}), max unnamed "
                        f"{s['max_unnamed']:.3f} ({s['max_unnamed_concept']}): {'PASS' if s['passed'] else 'FAIL'}")
     summary.append(f"- detector: min accuracy {min(result['detector_accuracy'].values()):.4f}: "
                    f"{'PASS' if result['detector_passed'] else 'FAIL'}")
-    summary.append(f"- {generation['seconds_per_image']:.3f} s per image, {generation['seconds_per_video']:.3f} s "
-                   f"per video ({result['torch_threads']} torch threads); 20 images + 20 videos before and after: "
-                   f"{result['main_job_generation_seconds']:.0f} s")
+    speeds = [f"{generation[f'seconds_per_{kind}']:.3f} s per {kind}" for kind in ("image", "video")
+              if f"seconds_per_{kind}" in generation]
+    speed = f"- {', '.join(speeds)} ({result['torch_threads']} torch threads)"
+    if "main_job_generation_seconds" in result:
+        speed += f"; 20 images + 20 videos before and after: {result['main_job_generation_seconds']:.0f} s"
+    summary.append(speed)
     if lavie:
         summary.append(f"- LaVie-architecture video model: {lavie['seconds_per_video']:.3f} s per video")
     return "\n".join(lines + [""] + summary)
@@ -280,13 +299,30 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Measure the toy world's quality gates.")
     parser.add_argument("--weights", default=None, help="weights folder (default: the committed weights)")
     parser.add_argument("--quick", action="store_true", help="one seed per prompt and 300 renders (a minute)")
+    parser.add_argument("--image-seeds", type=int, default=None,
+                        help=f"image seeds per prompt (default {SAMPLES['image_seeds']}; 0: no images)")
+    parser.add_argument("--video-seeds", type=int, default=None,
+                        help=f"video seeds per prompt (default {SAMPLES['video_seeds']}; 0: no videos)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="first generation seed; seeds other than the model card's give an independent sample")
     parser.add_argument("--output", default=None, help="JSON file for the full results (default: none)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    for name in ("image_seeds", "video_seeds", "first_seed"):
+        if (getattr(args, name) or 0) < 0:
+            parser.error(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be 0 or more")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = measure_gates(args.weights, quick=args.quick)
+    samples = {"first_seed": args.first_seed}
+    if args.image_seeds is not None:
+        samples["image_seeds"] = args.image_seeds
+    if args.video_seeds is not None:
+        samples["video_seeds"] = args.video_seeds
+    try:
+        result = measure_gates(args.weights, quick=args.quick, samples=samples)
+    except ValueError as error:
+        parser.error(str(error))
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2))
     print(format_table(result))
