@@ -1,5 +1,8 @@
-"""Quality gates of the committed toy-world weights: the full gates are slow (several minutes on
-2 CPU cores); the sampling options of the gate command run on a few prompts in the default suite."""
+"""Quality gates of the committed toy-world weights.
+
+The full gates are slow (several minutes on 2 CPU cores). The default suite runs the gate command's
+sampling options on a few prompts.
+"""
 
 import numpy as np
 import pytest
@@ -22,7 +25,8 @@ def test_generation_rates_use_the_requested_seeds():
     judge = ToyWorldDetectorJudge()
     prompts = ["a Snoopy walking in the park at sunrise", "a cat climbing on Tokyo Tower"]
     result = generation_rates(backend, judge, prompts, image_seeds=2, video_seeds=0, first_seed=7)
-    assert result["num_images"] == 4 and "videos" not in result
+    assert result["num_images"] == 4
+    assert "videos" not in result
     images = backend.generate_images([p for p in prompts for _ in range(2)], [7, 8, 7, 8])
     hits = judge.detect_all(images)
     for index, row in enumerate(result["per_prompt"]):
@@ -37,10 +41,12 @@ def test_images_only_gates_print_a_table(monkeypatch):
     monkeypatch.setattr(gates_module, "gate_prompts", lambda concept_dir=None: gate_prompts(concept_dir)[:3])
     result = measure_gates(quick=True, samples={"heldout_renders": 60, "image_seeds": 1, "video_seeds": 0,
                                                 "first_seed": 100})
-    assert "videos_summary" not in result and "generation_lavie" not in result
+    assert "videos_summary" not in result
+    assert "generation_lavie" not in result
     table = format_table(result)
     assert "| concept | detector accuracy | images named | images unnamed |" in table
-    assert "videos named" not in table and "s per image" in table
+    assert "videos named" not in table
+    assert "s per image" in table
 
 
 def test_gate_command_refuses_no_generations(capsys):
