@@ -111,7 +111,8 @@ def generation_rates(backend, judge, prompts: list[str], image_seeds: int, video
         result["videos"] = _detection_rates(video_named, video_hits)
         result["video_frames"] = _detection_rates(frame_named, frame_hits)
 
-    def shares(hits: dict, index: int, per_prompt: int) -> dict:
+    def prompt_shares(hits: dict, index: int, per_prompt: int) -> dict:
+        """Return the share of prompt `index`'s generations in which each concept is detected."""
         rows = slice(index * per_prompt, (index + 1) * per_prompt)
         return {key: float(h[rows].mean()) for key, h in hits.items() if h[rows].any() or key in named[index]}
 
@@ -119,9 +120,9 @@ def generation_rates(backend, judge, prompts: list[str], image_seeds: int, video
     for index, prompt in enumerate(prompts):
         row = {"prompt": prompt, "named": sorted(named[index])}
         if image_hits is not None:
-            row["images_detected"] = shares(image_hits, index, image_seeds)
+            row["images_detected"] = prompt_shares(image_hits, index, image_seeds)
         if video_hits is not None:
-            row["videos_detected"] = shares(video_hits, index, video_seeds)
+            row["videos_detected"] = prompt_shares(video_hits, index, video_seeds)
         per_prompt.append(row)
     result["per_prompt"] = per_prompt
     return result
