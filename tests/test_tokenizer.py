@@ -35,3 +35,19 @@ def test_tokenizer_save_and_reload(tmp_path):
     reloaded = CLIPTokenizer.from_pretrained(str(tmp_path / "tokenizer"))
     assert reloaded("a photo of snoopy").input_ids == [49406, 320, 1125, 539, 41967, 49407]
     assert reloaded.model_max_length == 77
+    assert reloaded.pad_token_id == 49407
+
+
+def test_saved_tokenizer_uses_the_hub_layout(tmp_path):
+    build_clip_tokenizer(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["merges.txt", "tokenizer_config.json", "vocab.json"]
+
+
+def test_reloaded_tokenizer_matches_on_every_gate_prompt(tmp_path):
+    from t2v_unlearn.toyworld.gates import gate_prompts
+
+    built = build_clip_tokenizer(tmp_path)
+    reloaded = CLIPTokenizer.from_pretrained(str(tmp_path))
+    prompts = gate_prompts() + ["the beagle from Peanuts!!", "ÉLON   musk, 4K"]
+    expected = built(prompts, padding="max_length", max_length=77).input_ids
+    assert reloaded(prompts, padding="max_length", max_length=77).input_ids == expected

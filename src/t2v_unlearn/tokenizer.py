@@ -8,6 +8,7 @@ byte-pair merges are in open_clip's `bpe_simple_vocab_16e6.txt.gz`, so a transfo
 from __future__ import annotations
 
 import gzip
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -27,7 +28,11 @@ def _merges() -> list[str]:
 
 
 def build_clip_tokenizer(directory: str | Path | None = None) -> CLIPTokenizer:
-    """Build the CLIP tokenizer; with `directory`, also save it there (`save_pretrained` layout).
+    """Build the CLIP tokenizer; with `directory`, also save it there.
+
+    The folder contains `vocab.json`, `merges.txt` and `tokenizer_config.json`, like Stable
+    Diffusion 1.5's tokenizer folder on the hub, and `CLIPTokenizer.from_pretrained` loads it. It
+    takes 1.4 MB, against 3.6 MB for the `tokenizer.json` that `save_pretrained` writes.
 
     The vocabulary is the 256 byte characters, the same with `</w>`, one token per merge, then
     `<|startoftext|>` (49406) and `<|endoftext|>` (49407), which also serves as the padding token.
@@ -47,5 +52,24 @@ def build_clip_tokenizer(directory: str | Path | None = None) -> CLIPTokenizer:
         pad_token="<|endoftext|>",
     )
     if directory is not None:
-        tokenizer.save_pretrained(str(directory))
+        save_clip_tokenizer(tokenizer, merges, Path(directory))
     return tokenizer
+
+
+def save_clip_tokenizer(tokenizer: CLIPTokenizer, merges: list[str], directory: Path) -> None:
+    """Write the vocabulary, the merges and the tokenizer settings; see `build_clip_tokenizer`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]))
+    files = {
+        "vocab.json": json.dumps(vocab, ensure_ascii=False, separators=(",", ":")),
+        "merges.txt": "#version: 0.2\n" + "\n".join(merges) + "\n",
+        "tokenizer_config.json": json.dumps({
+            "tokenizer_class": "CLIPTokenizer", "model_max_length": MODEL_MAX_LENGTH,
+            "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+            "pad_token": "<|endoftext|>",
+        }, indent=2) + "\n",
+    }
+    for name, text in files.items():
+        temporary = directory / f"{name}.tmp"
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(directory / name)
