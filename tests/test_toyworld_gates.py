@@ -14,6 +14,8 @@ from t2v_unlearn.toyworld.gates import (
     generation_rates,
     main,
     measure_gates,
+    stage_timeline,
+    write_model_card,
 )
 
 
@@ -56,6 +58,32 @@ def test_gate_command_refuses_no_generations(capsys):
     with pytest.raises(SystemExit):
         main(["--first-seed", "-1"])
     assert "--first-seed is -1" in capsys.readouterr().err
+
+
+def test_stage_timeline_counts_parallel_stages_once():
+    stages = [{"finished_at": 100.0, "seconds": 100.0}, {"finished_at": 80.0, "seconds": 30.0},
+              {"finished_at": 160.0, "seconds": 50.0}]
+    busy, span = stage_timeline(stages)
+    assert busy == pytest.approx(150.0)
+    assert span == pytest.approx(160.0)
+
+
+def test_model_card_reports_resumed_training_gaps(tmp_path):
+    from t2v_unlearn.toyworld.grammar import concept_keys
+    from t2v_unlearn.toyworld.train import load_train_config
+
+    hour = 3600.0
+    metrics = {"vae": {"seconds": 600.0, "finished_at": 600.0},
+               "unet": {"seconds": 1200.0, "finished_at": 5 * hour}}
+    keys = concept_keys()
+    gates = {"samples": {"heldout_renders": 10, "image_seeds": 1, "video_seeds": 0}, "num_prompts": 1,
+             "detector_accuracy": dict.fromkeys(keys, 1.0), "detector_passed": True, "torch_threads": 2,
+             "generation": {"images": {key: {"named": 1.0, "named_count": 1, "unnamed": 0.0} for key in keys},
+                            "seconds_per_image": 0.1}}
+    write_model_card(tmp_path / "MODEL_CARD.md", load_train_config(), metrics, gates)
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "at least one stage was running for 30 minutes" in card
+    assert "separate sittings, 300 minutes" in card
 
 
 @pytest.fixture(scope="module")

@@ -234,17 +234,45 @@ def format_table(result: dict) -> str:
     return "\n".join(lines + [""] + summary)
 
 
+def stage_timeline(stage_metrics: list[dict]) -> tuple[float, float]:
+    """Return `(busy, span)` in seconds for stages with `finished_at` and `seconds`.
+
+    `busy` is the time during which at least one stage was running, so stages that ran in parallel
+    count once. `span` runs from the earliest start to the latest end, and exceeds `busy` when a
+    resumed training left gaps between stages.
+    """
+    intervals = sorted((m["finished_at"] - m.get("seconds", 0.0), m["finished_at"])
+                       for m in stage_metrics if "finished_at" in m)
+    if not intervals:
+        return float("nan"), float("nan")
+    busy = 0.0
+    current_start, current_end = intervals[0]
+    for start, end in intervals[1:]:
+        if start > current_end:
+            busy += current_end - current_start
+            current_start, current_end = start, end
+        else:
+            current_end = max(current_end, end)
+    busy += current_end - current_start
+    span = max(end for _, end in intervals) - intervals[0][0]
+    return busy, span
+
+
+def _timing_sentence(total: float, busy: float, span: float) -> str:
+    text = (f"Stage times sum to {total / 60:.0f} minutes on a 2-core CPU, and at least one stage was running "
+            f"for {busy / 60:.0f} minutes (stages that ran in parallel overlap).")
+    if span - busy > 60:
+        text += (f" The stages ran in separate sittings, {span / 60:.0f} minutes from the first start to the "
+                 "last end.")
+    return text
+
+
 def write_model_card(path: Path, config: dict, metrics: dict, gates: dict) -> None:
     """Write MODEL_CARD.md from the training config, the stage metrics and the gate results."""
     data = metrics.get("data", {})
     stage_metrics = [m for m in metrics.values() if isinstance(m, dict) and m]
     total = sum(m.get("seconds", 0.0) for m in stage_metrics)
-    # Stages may run in parallel, so the wall clock spans the earliest start to the latest end.
-    finished = [m for m in stage_metrics if "finished_at" in m]
-    wall = float("nan")
-    if finished:
-        first_start = min(m["finished_at"] - m.get("seconds", 0.0) for m in finished)
-        wall = max(m["finished_at"] for m in finished) - first_start
+    busy, span = stage_timeline(stage_metrics)
     rows = []
     for stage in ("data", "vae", "decoder", "latents", "detector", "clip", "unet", "motion", "lavie"):
         m = metrics.get(stage, {})
@@ -273,8 +301,7 @@ Weights are stored as fp16 safetensors (the detector in fp32) and run in fp32.
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Stage times sum to {total / 60:.0f} minutes on a 2-core CPU; stages that ran in parallel overlap, and
-the wall clock from the start of the first stage to the end of the last was {wall / 60:.0f} minutes.
+{_timing_sentence(total, busy, span)}
 VAE held-out reconstruction MSE (on [-1, 1]): {metrics.get('vae', {}).get('heldout_mse', float('nan')):.5f}
 after the VAE stage, {metrics.get('decoder', {}).get('heldout_mse', float('nan')):.5f} after the decoder stage;
 latent scaling factor {metrics.get('vae', {}).get('scaling_factor', float('nan')):.4f}.
