@@ -15,7 +15,7 @@ def test_default_job_erases_eiffel_keeps_others(tmp_path):
     # The toy world's default method and its learning rate, see conf/model/toyworld.yaml.
     assert provenance["method"] == "concept_tokens"
     assert provenance["trainable"] == "concept_tokens"
-    assert provenance["optimizer"]["lr"] == 1e-2
+    assert provenance["optimizer"]["lr"] == 3e-2
     assert metrics["train/optimizer_steps"] == 10
     assert metrics["video/target_rate_before"] >= 0.9
     assert metrics["image/target_rate_before"] >= 0.9

@@ -558,7 +558,7 @@ def stage_unet(run: Run) -> dict:
     unet = build_unet(cfg, latents.shape[-1], latents.shape[1], run.config["text_encoder"]["hidden_size"])
     scheduler = build_noise_scheduler(run.config["scheduler"])
     parameters = list(text_encoder.parameters()) + list(unet.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=cfg["lr"], weight_decay=0.0)
+    optimizer = torch.optim.AdamW(parameters, lr=cfg["lr"], weight_decay=0.0, fused=True)
     ema = [p.detach().clone() for p in parameters]
     start, losses, elapsed = 0, [], 0.0
     state = run.load_checkpoint("unet")
