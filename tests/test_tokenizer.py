@@ -38,12 +38,12 @@ def test_tokenizer_save_and_reload(tmp_path):
     assert reloaded.pad_token_id == 49407
 
 
-def test_saved_tokenizer_uses_the_hub_layout(tmp_path):
+def test_saved_tokenizer_uses_hub_layout(tmp_path):
     build_clip_tokenizer(tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["merges.txt", "tokenizer_config.json", "vocab.json"]
 
 
-def test_reloaded_tokenizer_matches_on_every_gate_prompt(tmp_path):
+def test_reloaded_tokenizer_matches_gate_prompts(tmp_path):
     from t2v_unlearn.toyworld.gates import gate_prompts
 
     built = build_clip_tokenizer(tmp_path)

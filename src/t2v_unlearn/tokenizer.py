@@ -28,7 +28,7 @@ def _merges() -> list[str]:
 
 
 def build_clip_tokenizer(directory: str | Path | None = None) -> CLIPTokenizer:
-    """Build the CLIP tokenizer; with `directory`, also save it there.
+    """Build the CLIP tokenizer, and save it in `directory` when one is given.
 
     The folder contains `vocab.json`, `merges.txt` and `tokenizer_config.json`, like Stable
     Diffusion 1.5's tokenizer folder on the hub, and `CLIPTokenizer.from_pretrained` loads it. It
@@ -57,7 +57,7 @@ def build_clip_tokenizer(directory: str | Path | None = None) -> CLIPTokenizer:
 
 
 def save_clip_tokenizer(tokenizer: CLIPTokenizer, merges: list[str], directory: Path) -> None:
-    """Write the vocabulary, the merges and the tokenizer settings; see `build_clip_tokenizer`."""
+    """Write the vocabulary, the merges and the tokenizer settings into `directory`, one file each."""
     directory.mkdir(parents=True, exist_ok=True)
     vocab = dict(sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]))
     files = {

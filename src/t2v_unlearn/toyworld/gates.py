@@ -254,8 +254,8 @@ def stage_timeline(stage_metrics: list[dict]) -> tuple[float, float]:
         else:
             current_end = max(current_end, end)
     busy += current_end - current_start
-    span = max(end for _, end in intervals) - intervals[0][0]
-    return busy, span
+    # Each new block starts after the previous one ends, so the last block ends latest.
+    return busy, current_end - intervals[0][0]
 
 
 def _timing_sentence(total: float, busy: float, span: float) -> str:

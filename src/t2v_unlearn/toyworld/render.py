@@ -106,8 +106,8 @@ def _draw_background(scene: str | None, size: int, rng: np.random.Generator) -> 
                 draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(16, 74, 30))
         return image
     if scene == "space":
-        # Deep blue rather than black, so that black features (Snoopy's ear, a panda's patches, Elon
-        # Musk's hair) keep an edge against the sky.
+        # Deep blue rather than black, so that black features (Snoopy's ear, a panda's limbs) keep an
+        # edge against the sky.
         image = Image.new("RGB", (size, size), (24, 30, 78))
         draw = ImageDraw.Draw(image)
         for _ in range(45):
