@@ -28,6 +28,10 @@ def test_default_job_erases_eiffel_keeps_others(tmp_path):
     # The paraphrase prompts ("the iron lattice tower in Paris") show the tower before unlearning.
     assert metrics["video/paraphrase_rate_before"] >= 0.75
     assert metrics["video/paraphrase_rate_after"] is not None
+    # Only the "eiffel" row changed, so the paraphrase and preservation prompts read as before and
+    # their samples were copied from the first phase instead of rendered again.
+    samples = json.loads((out / "eval_samples.json").read_text())
+    assert metrics["eval/after_samples_reused"] == sum(s["group"] != "target" for s in samples) > 0
 
 
 def test_published_lr_leaves_eiffel(tmp_path):
@@ -36,3 +40,5 @@ def test_published_lr_leaves_eiffel(tmp_path):
                "eval.clip_similarity=false", "eval.seeds_per_prompt=1", f"hydra.run.dir={out}"], tmp_path, timeout=900)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["video/target_rate_after"] >= 0.75
+    # The whole encoder moved, so every prompt was rendered again.
+    assert metrics["eval/after_samples_reused"] == 0

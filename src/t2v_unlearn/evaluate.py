@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ import torch
 
 from t2v_unlearn.backends.bundle import Backend
 from t2v_unlearn.concepts import EvalItem
+from t2v_unlearn.io import atomic_file
 from t2v_unlearn.judges.base import Judge
 from t2v_unlearn.media import image_grid, sample_frame_indices, write_frame_grid, write_png, write_video
 
@@ -40,6 +43,11 @@ class PhaseOutputs:
     video_paths: list[Path]
     grid_paths: list[Path]
     image_grid_path: Path | None
+    # Kept so that a later phase can take over samples whose prompts its encoder reads unchanged.
+    images: np.ndarray | None = None  # (n_samples, h, w, 3) uint8
+    clip_by_sample: np.ndarray | None = None  # (n_samples,), NaN outside the target group
+    # Samples taken over from an earlier phase instead of generated again.
+    reused: int = 0
 
 
 def expand(items: list[EvalItem], settings: EvalSettings) -> tuple[list[EvalItem], list[int]]:
@@ -77,6 +85,56 @@ def judge_videos(judge: Judge, videos: np.ndarray, samples: list[EvalItem], fram
     return per_frame.reshape(n, k).any(axis=1)
 
 
+def encoder_digests(tokenizer, text_encoder: torch.nn.Module, texts: list[str]) -> dict[str, str]:
+    """Return a SHA-256 per text over everything the text encoder returns for it.
+
+    The texts are tokenized as the pipelines tokenize prompts, padded to the model's length. The
+    digest covers the last hidden state, the pooled output and every layer's hidden states. Two
+    encoders with equal digests for a text thus give any pipeline the same conditioning for it.
+    """
+    texts = list(dict.fromkeys(texts))
+    parameter = next(text_encoder.parameters())
+    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(parameter.device)
+    with torch.no_grad():
+        output = text_encoder(ids, output_hidden_states=True)
+    tensors = []
+    for value in output.to_tuple():
+        tensors.extend(value if isinstance(value, (tuple, list)) else [value])
+    digests = {}
+    for row, text in enumerate(texts):
+        digest = hashlib.sha256()
+        for tensor in tensors:
+            digest.update(tensor[row].detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        digests[text] = digest.hexdigest()
+    return digests
+
+
+def encoder_texts(backend: Backend, items: list[EvalItem]) -> list[str]:
+    """List every text that the pipelines encode while rendering `items`.
+
+    These are the prompts, the empty prompt of classifier-free guidance and any configured
+    negative prompt.
+    """
+    texts = [item.prompt for item in items] + [""]
+    for kwargs in (backend.image_kwargs, backend.video_kwargs):
+        negative = kwargs.get("negative_prompt")
+        texts += [negative] if isinstance(negative, str) else list(negative or [])
+    return list(dict.fromkeys(texts))
+
+
+def unchanged_prompts(before: dict[str, str], after: dict[str, str], negatives: list[str]) -> frozenset[str]:
+    """Return the prompts whose digests match, or none when a negative prompt's digest changed."""
+    if any(before[text] != after[text] for text in negatives):
+        return frozenset()
+    return frozenset(text for text in before if text not in negatives and before[text] == after[text])
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    with atomic_file(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
 def run_phase(
     phase: str,
     backend: Backend,
@@ -86,45 +144,95 @@ def run_phase(
     text_encoder: torch.nn.Module,
     out_dir: str | Path,
     settings: EvalSettings,
+    reuse_from: PhaseOutputs | None = None,
+    reusable_prompts: frozenset[str] = frozenset(),
 ) -> PhaseOutputs:
-    """Generate, save and judge the videos and images of every evaluation prompt with one encoder."""
+    """Generate, save and judge the videos and images of every evaluation prompt with one encoder.
+
+    Samples whose prompt is in `reusable_prompts` are taken over from `reuse_from` (an earlier phase
+    with the same items and settings): their files are copied and their decisions kept. The caller
+    passes only prompts that `text_encoder` encodes bit for bit as the earlier phase's encoder did
+    (`unchanged_prompts`), with the UNet, VAE and seeds the same, so generating them again would
+    give the same videos and images.
+    """
     out_dir = Path(out_dir)
     samples, seeds = expand(items, settings)
     prompts = [s.prompt for s in samples]
-    video_present = image_present = clip_similarity = None
+    reused = np.array([reuse_from is not None and p in reusable_prompts for p in prompts], dtype=bool)
+    todo = np.flatnonzero(~reused)
+    todo_samples = [samples[i] for i in todo]
+    todo_prompts, todo_seeds = [prompts[i] for i in todo], [seeds[i] for i in todo]
+    video_present = image_present = clip_similarity = clip_by_sample = images = None
     video_paths: list[Path] = []
     grid_paths: list[Path] = []
     image_grid_path = None
 
     if settings.videos:
-        videos = backend.generate_videos(prompts, seeds, text_encoder=text_encoder, desc=f"videos {phase}")
-        for i, (video, prompt, seed) in enumerate(zip(videos, prompts, seeds)):
+        videos = None
+        if len(todo):
+            videos = backend.generate_videos(todo_prompts, todo_seeds, text_encoder=text_encoder,
+                                             desc=f"videos {phase}")
+        generated = dict(zip(todo.tolist(), videos if videos is not None else []))
+        for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
             stem = f"{i:03d}_{_slug(prompt)}_seed{seed}"
-            write_video(out_dir / "videos" / phase / f"{stem}.mp4", video, fps=settings.fps)
-            write_frame_grid(out_dir / "videos" / phase / f"{stem}.png", video)
-            video_paths.append(out_dir / "videos" / phase / f"{stem}.mp4")
-            grid_paths.append(out_dir / "videos" / phase / f"{stem}.png")
-        video_present = judge_videos(judge, videos, samples, settings.frames_to_judge)
+            video_path = out_dir / "videos" / phase / f"{stem}.mp4"
+            grid_path = out_dir / "videos" / phase / f"{stem}.png"
+            if reused[i]:
+                _copy_file(reuse_from.video_paths[i], video_path)
+                _copy_file(reuse_from.grid_paths[i], grid_path)
+            else:
+                write_video(video_path, generated[i], fps=settings.fps)
+                write_frame_grid(grid_path, generated[i])
+            video_paths.append(video_path)
+            grid_paths.append(grid_path)
+        video_present = np.zeros(len(samples), dtype=bool)
+        if reused.any():
+            video_present[reused] = reuse_from.video_present[reused]
+        if videos is not None:
+            video_present[todo] = judge_videos(judge, videos, todo_samples, settings.frames_to_judge)
         if scorer is not None:
-            clip_similarity = _probe_similarity(scorer, videos, samples, settings.frames_to_judge)
+            clip_by_sample = np.full(len(samples), np.nan)
+            if reused.any():
+                clip_by_sample[reused] = reuse_from.clip_by_sample[reused]
+            if videos is not None:
+                clip_by_sample[todo] = _probe_similarity(scorer, videos, todo_samples, settings.frames_to_judge)
+            clip_similarity = np.asarray([clip_by_sample[i] for i, s in enumerate(samples) if s.group == "target"])
 
     if settings.images:
-        images = backend.generate_images(prompts, seeds, text_encoder=text_encoder, desc=f"images {phase}")
+        new_images = None
+        if len(todo):
+            new_images = backend.generate_images(todo_prompts, todo_seeds, text_encoder=text_encoder,
+                                                 desc=f"images {phase}")
+        reference = new_images if new_images is not None else reuse_from.images
+        images = np.zeros((len(samples), *reference.shape[1:]), dtype=reference.dtype)
+        image_present = np.zeros(len(samples), dtype=bool)
+        if reused.any():
+            images[reused] = reuse_from.images[reused]
+            image_present[reused] = reuse_from.image_present[reused]
+        if new_images is not None:
+            images[todo] = new_images
+            image_present[todo] = judge_images(judge, new_images, todo_samples)
         image_grid_path = out_dir / "images" / f"{phase}.png"
         write_png(image_grid_path, image_grid(images, columns=settings.seeds_per_prompt * 2))
-        image_present = judge_images(judge, images, samples)
 
-    return PhaseOutputs(video_present, image_present, clip_similarity, video_paths, grid_paths, image_grid_path)
+    if reused.any():
+        log.info("%s: %d of %d samples taken over from the earlier phase (their prompts are encoded "
+                 "as before)", phase, int(reused.sum()), len(samples))
+    return PhaseOutputs(video_present, image_present, clip_similarity, video_paths, grid_paths, image_grid_path,
+                        images=images, clip_by_sample=clip_by_sample, reused=int(reused.sum()))
 
 
 def _probe_similarity(scorer, videos: np.ndarray, samples: list[EvalItem], frames_to_judge: int) -> np.ndarray:
-    """Mean CLIP cosine similarity of each target video's sampled frames with its concept's probe."""
+    """Return the mean CLIP similarity of each target video's sampled frames with its probe.
+
+    Samples outside the target group get NaN.
+    """
     frame_index = sample_frame_indices(videos.shape[1], frames_to_judge)
-    values = []
-    for video, sample in zip(videos, samples):
+    values = np.full(len(samples), np.nan)
+    for i, (video, sample) in enumerate(zip(videos, samples)):
         if sample.group == "target":
-            values.append(float(np.mean(scorer.similarity(video[frame_index], sample.watched.probe))))
-    return np.asarray(values)
+            values[i] = float(np.mean(scorer.similarity(video[frame_index], sample.watched.probe)))
+    return values
 
 
 def rate(present: np.ndarray | None, samples: list[EvalItem], group: str) -> float | None:

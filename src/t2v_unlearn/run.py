@@ -22,7 +22,16 @@ from t2v_unlearn.backends.upscaler import check_upscaler_concepts
 from t2v_unlearn.concepts import PromptTemplates, evaluation_items, load_concepts
 from t2v_unlearn.data import LatentPromptDataset, UnlearningDataModule, encode_images, random_latents
 from t2v_unlearn.early_stopping import JudgeEarlyStopping
-from t2v_unlearn.evaluate import EvalSettings, expand, per_sample_records, phase_metrics, run_phase
+from t2v_unlearn.evaluate import (
+    EvalSettings,
+    encoder_digests,
+    encoder_texts,
+    expand,
+    per_sample_records,
+    phase_metrics,
+    run_phase,
+    unchanged_prompts,
+)
 from t2v_unlearn.export import BASE_FINGERPRINT_KEY, SaveTextEncoderEachEpoch, save_text_encoder
 from t2v_unlearn.fewshot import collect_fewshot
 from t2v_unlearn.hydra_callbacks import FINISHED_MARKER, check_run_dir
@@ -178,10 +187,15 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     # 2. Videos and images of the original model, before the encoder changes in place.
     settings = EvalSettings(**{k: v for k, v in cfg.eval.items()
-                               if k not in ("clip_similarity", "prompts_per_group", "paraphrases")})
+                               if k not in ("clip_similarity", "prompts_per_group", "paraphrases", "reuse_unchanged")})
     items = evaluation_items(concepts, cfg.eval.prompts_per_group, bool(cfg.eval.paraphrases))
     samples, seeds = expand(items, settings)
     t0 = time.perf_counter()
+    # A video post-processing stage (the upscaler) reads the encoder with texts of its own, so
+    # samples are only taken over from the first phase without one.
+    reuse = bool(cfg.eval.reuse_unchanged) and backend.video_postprocess is None
+    texts = encoder_texts(backend, items)
+    digests_before = encoder_digests(backend.tokenizer, backend.text_encoder, texts) if reuse else {}
     before = run_phase("before", backend, judge, scorer, items, backend.text_encoder, out_dir, settings)
     eval_s = time.perf_counter() - t0
 
@@ -260,7 +274,13 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     # 4. The same prompts and seeds with the unlearned encoder.
     t0 = time.perf_counter()
-    after = run_phase("after", backend, judge, scorer, items, module.text_encoder, out_dir, settings)
+    reusable = frozenset()
+    if reuse:
+        digests_after = encoder_digests(backend.tokenizer, module.text_encoder, texts)
+        negatives = [text for text in texts if text not in {item.prompt for item in items}]
+        reusable = unchanged_prompts(digests_before, digests_after, negatives)
+    after = run_phase("after", backend, judge, scorer, items, module.text_encoder, out_dir, settings,
+                      reuse_from=before, reusable_prompts=reusable)
     eval_s += time.perf_counter() - t0
 
     metrics = {**phase_metrics("before", before, samples), **phase_metrics("after", after, samples)}
@@ -269,6 +289,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "time/unlearn_s": unlearn_s,
         "time/eval_s": eval_s,
         "time/total_s": time.perf_counter() - start,
+        "eval/after_samples_reused": after.reused,
         "train/optimizer_steps": module.applied_steps,
         "train/epochs_run": int(trainer.current_epoch),
         "train/early_stopped_epoch": early_stopping.stopped_epoch if early_stopping else None,

@@ -1,0 +1,88 @@
+"""The after phase takes over the samples whose prompts the changed encoder reads exactly as before."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from t2v_unlearn.backends.toyworld import build_toyworld_backend
+from t2v_unlearn.concepts import EvalItem
+from t2v_unlearn.evaluate import EvalSettings, encoder_digests, encoder_texts, run_phase, unchanged_prompts
+from t2v_unlearn.judges.base import WatchedConcept
+from t2v_unlearn.judges.detector import ToyWorldDetectorJudge
+
+EIFFEL = WatchedConcept("eiffel", "a photo of the Eiffel Tower", ())
+PANDA = WatchedConcept("panda", "a photo of a panda", ())
+ITEMS = [
+    EvalItem("a cat climbing on the Eiffel Tower", EIFFEL, "target"),
+    EvalItem("a panda taking a selfie", PANDA, "other"),
+]
+SETTINGS = EvalSettings(seeds_per_prompt=2, seed=1000, frames_to_judge=3)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    steps = {"num_inference_steps": 4}
+    return build_toyworld_backend(image_kwargs=steps, video_kwargs=steps, generation_batch_size=4)
+
+
+def _with_token_row_changed(backend, word: str) -> torch.nn.Module:
+    """A copy of the encoder with only the embedding row of `word`'s token moved."""
+    encoder = copy.deepcopy(backend.text_encoder)
+    (token,) = backend.tokenizer(word, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        encoder.get_input_embeddings().weight[token] += 0.5
+    return encoder
+
+
+def test_digests_follow_changed_token(backend):
+    texts = encoder_texts(backend, ITEMS)
+    assert texts == [item.prompt for item in ITEMS] + [""]
+    before = encoder_digests(backend.tokenizer, backend.text_encoder, texts)
+    after = encoder_digests(backend.tokenizer, _with_token_row_changed(backend, "eiffel"), texts)
+    assert before[""] == after[""]
+    assert before["a panda taking a selfie"] == after["a panda taking a selfie"]
+    assert before["a cat climbing on the Eiffel Tower"] != after["a cat climbing on the Eiffel Tower"]
+    assert unchanged_prompts(before, after, [""]) == {"a panda taking a selfie"}
+
+
+def test_unchanged_prompts_needs_same_negative():
+    before = {"": "a", "p": "b", "q": "c"}
+    assert unchanged_prompts(before, {"": "a", "p": "b", "q": "x"}, [""]) == {"p"}
+    assert unchanged_prompts(before, {"": "z", "p": "b", "q": "c"}, [""]) == frozenset()
+
+
+def test_unchanged_prompts_after_whole_encoder_change(backend):
+    encoder = copy.deepcopy(backend.text_encoder)
+    bias = next(p for name, p in encoder.named_parameters() if name.endswith("final_layer_norm.bias"))
+    with torch.no_grad():
+        bias += 1e-3
+    texts = encoder_texts(backend, ITEMS)
+    before = encoder_digests(backend.tokenizer, backend.text_encoder, texts)
+    after = encoder_digests(backend.tokenizer, encoder, texts)
+    assert unchanged_prompts(before, after, [""]) == frozenset()
+
+
+def test_run_phase_reuse_matches_full_render(backend, tmp_path):
+    judge = ToyWorldDetectorJudge()
+    changed = _with_token_row_changed(backend, "eiffel")
+    texts = encoder_texts(backend, ITEMS)
+    reusable = unchanged_prompts(encoder_digests(backend.tokenizer, backend.text_encoder, texts),
+                                 encoder_digests(backend.tokenizer, changed, texts), [""])
+    before = run_phase("before", backend, judge, None, ITEMS, backend.text_encoder, tmp_path / "a", SETTINGS)
+    reused = run_phase("after", backend, judge, None, ITEMS, changed, tmp_path / "a", SETTINGS,
+                       reuse_from=before, reusable_prompts=reusable)
+    full = run_phase("after", backend, judge, None, ITEMS, changed, tmp_path / "b", SETTINGS)
+
+    assert (before.reused, reused.reused, full.reused) == (0, 2, 0)
+    np.testing.assert_array_equal(reused.images, full.images)
+    np.testing.assert_array_equal(reused.image_present, full.image_present)
+    np.testing.assert_array_equal(reused.video_present, full.video_present)
+    # The panda samples (the last two) are copies of the first phase's files; the Eiffel Tower ones
+    # were rendered with the changed encoder.
+    for i in (2, 3):
+        assert reused.video_paths[i].read_bytes() == before.video_paths[i].read_bytes()
+        assert reused.grid_paths[i].read_bytes() == full.grid_paths[i].read_bytes()
+    assert not np.array_equal(reused.images[:2], before.images[:2])
+    assert reused.image_grid_path.read_bytes() == full.image_grid_path.read_bytes()
