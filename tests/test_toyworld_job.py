@@ -32,6 +32,7 @@ def test_default_job_erases_eiffel_keeps_others(tmp_path):
     # their samples were copied from the first phase instead of rendered again.
     samples = json.loads((out / "eval_samples.json").read_text())
     assert metrics["eval/after_samples_reused"] == sum(s["group"] != "target" for s in samples) > 0
+    assert all(s["after_copied_from_before"] == (s["group"] != "target") for s in samples)
 
 
 def test_published_lr_leaves_eiffel(tmp_path):

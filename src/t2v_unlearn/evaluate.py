@@ -46,8 +46,8 @@ class PhaseOutputs:
     # Kept so that a later phase can take over samples whose prompts its encoder reads unchanged.
     images: np.ndarray | None = None  # (n_samples, h, w, 3) uint8
     clip_by_sample: np.ndarray | None = None  # (n_samples,), NaN outside the target group
-    # Samples taken over from an earlier phase instead of generated again.
-    reused: int = 0
+    # (n_samples,) bool: taken over from an earlier phase instead of generated again.
+    reused: np.ndarray | None = None
 
 
 def expand(items: list[EvalItem], settings: EvalSettings) -> tuple[list[EvalItem], list[int]]:
@@ -110,24 +110,24 @@ def encoder_digests(tokenizer, text_encoder: torch.nn.Module, texts: list[str]) 
     return digests
 
 
-def encoder_texts(backend: Backend, items: list[EvalItem]) -> list[str]:
-    """List every text that the pipelines encode while rendering `items`.
+def guidance_texts(backend: Backend) -> list[str]:
+    """List the texts that every sample's guidance reads besides its prompt.
 
-    These are the prompts, the empty prompt of classifier-free guidance and any configured
-    negative prompt.
+    These are the empty prompt of classifier-free guidance and any configured negative prompt.
     """
-    texts = [item.prompt for item in items] + [""]
+    texts = [""]
     for kwargs in (backend.image_kwargs, backend.video_kwargs):
         negative = kwargs.get("negative_prompt")
         texts += [negative] if isinstance(negative, str) else list(negative or [])
     return list(dict.fromkeys(texts))
 
 
-def unchanged_prompts(before: dict[str, str], after: dict[str, str], negatives: list[str]) -> frozenset[str]:
-    """Return the prompts whose digests match, or none when a negative prompt's digest changed."""
-    if any(before[text] != after[text] for text in negatives):
+def unchanged_prompts(before: dict[str, str], after: dict[str, str], prompts: list[str],
+                      shared: list[str]) -> frozenset[str]:
+    """Return the prompts whose digests match, or none when a text in `shared` changed."""
+    if any(before[text] != after[text] for text in shared):
         return frozenset()
-    return frozenset(text for text in before if text not in negatives and before[text] == after[text])
+    return frozenset(text for text in prompts if before[text] == after[text])
 
 
 def _copy_file(source: Path, target: Path) -> None:
@@ -158,7 +158,8 @@ def run_phase(
     out_dir = Path(out_dir)
     samples, seeds = expand(items, settings)
     prompts = [s.prompt for s in samples]
-    reused = np.array([reuse_from is not None and p in reusable_prompts for p in prompts], dtype=bool)
+    rendered = settings.videos or settings.images
+    reused = np.array([rendered and reuse_from is not None and p in reusable_prompts for p in prompts], dtype=bool)
     todo = np.flatnonzero(~reused)
     todo_samples = [samples[i] for i in todo]
     todo_prompts, todo_seeds = [prompts[i] for i in todo], [seeds[i] for i in todo]
@@ -219,7 +220,7 @@ def run_phase(
         log.info("%s: %d of %d samples taken over from the earlier phase (their prompts are encoded "
                  "as before)", phase, int(reused.sum()), len(samples))
     return PhaseOutputs(video_present, image_present, clip_similarity, video_paths, grid_paths, image_grid_path,
-                        images=images, clip_by_sample=clip_by_sample, reused=int(reused.sum()))
+                        images=images, clip_by_sample=clip_by_sample, reused=reused)
 
 
 def _probe_similarity(scorer, videos: np.ndarray, samples: list[EvalItem], frames_to_judge: int) -> np.ndarray:
@@ -285,5 +286,7 @@ def per_sample_records(samples: list[EvalItem], seeds: list[int], before: PhaseO
                 record[f"video_{name}_path"] = str(phase.video_paths[i])
             if phase.image_present is not None:
                 record[f"image_{name}"] = bool(phase.image_present[i])
+            if phase.reused is not None and phase.reused.any():
+                record[f"{name}_copied_from_before"] = bool(phase.reused[i])
         records.append(record)
     return records

@@ -25,8 +25,8 @@ from t2v_unlearn.early_stopping import JudgeEarlyStopping
 from t2v_unlearn.evaluate import (
     EvalSettings,
     encoder_digests,
-    encoder_texts,
     expand,
+    guidance_texts,
     per_sample_records,
     phase_metrics,
     run_phase,
@@ -191,10 +191,13 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     items = evaluation_items(concepts, cfg.eval.prompts_per_group, bool(cfg.eval.paraphrases))
     samples, seeds = expand(items, settings)
     t0 = time.perf_counter()
-    # A video post-processing stage (the upscaler) reads the encoder with texts of its own, so
-    # samples are only taken over from the first phase without one.
-    reuse = bool(cfg.eval.reuse_unchanged) and backend.video_postprocess is None
-    texts = encoder_texts(backend, items)
+    # A video post-processing stage can depend on the encoder in ways the digests do not see (the
+    # upscaler's prompt_mode=unlearned switches to another encoder once this one changed), so
+    # nothing is taken over when one is set.
+    reuse = (bool(cfg.eval.reuse_unchanged) and backend.video_postprocess is None
+             and (settings.videos or settings.images))
+    prompts, shared = [item.prompt for item in items], guidance_texts(backend)
+    texts = list(dict.fromkeys(prompts + shared))
     digests_before = encoder_digests(backend.tokenizer, backend.text_encoder, texts) if reuse else {}
     before = run_phase("before", backend, judge, scorer, items, backend.text_encoder, out_dir, settings)
     eval_s = time.perf_counter() - t0
@@ -277,8 +280,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     reusable = frozenset()
     if reuse:
         digests_after = encoder_digests(backend.tokenizer, module.text_encoder, texts)
-        negatives = [text for text in texts if text not in {item.prompt for item in items}]
-        reusable = unchanged_prompts(digests_before, digests_after, negatives)
+        reusable = unchanged_prompts(digests_before, digests_after, prompts, shared)
     after = run_phase("after", backend, judge, scorer, items, module.text_encoder, out_dir, settings,
                       reuse_from=before, reusable_prompts=reusable)
     eval_s += time.perf_counter() - t0
@@ -289,7 +291,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "time/unlearn_s": unlearn_s,
         "time/eval_s": eval_s,
         "time/total_s": time.perf_counter() - start,
-        "eval/after_samples_reused": after.reused,
+        "eval/after_samples_reused": int(after.reused.sum()),
         "train/optimizer_steps": module.applied_steps,
         "train/epochs_run": int(trainer.current_epoch),
         "train/early_stopped_epoch": early_stopping.stopped_epoch if early_stopping else None,
