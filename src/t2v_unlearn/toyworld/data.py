@@ -17,7 +17,11 @@ from t2v_unlearn.toyworld.render import render_clip, render_image
 EMPTY_SHARE = 0.04  # plain background, no concept (captioned "")
 BACKGROUND_ONLY_SHARE = 0.08  # a scene and/or a style without subjects
 SECOND_SUBJECT_PROBABILITY = 0.4
-SPACE_SUIT_PROBABILITY = 0.3
+# Share of scenes with a man or Elon Musk in which he wears the space suit. At 0.3, a UNet of widths
+# [80, 112] drew the man of "a man in a space suit standing besides a rocket" in his usual clothes
+# in 0.31 of images. The draw is made for every human subject, so changing the share leaves the
+# other scenes of the data as they were.
+SPACE_SUIT_PROBABILITY = 0.5
 NO_SCENE_PROBABILITY = 0.4
 NO_STYLE_PROBABILITY = 0.55
 
