@@ -28,12 +28,14 @@ def backend():
     return build_toyworld_backend(image_kwargs=steps, video_kwargs=steps, generation_batch_size=4)
 
 
-def _with_token_row_changed(backend, word: str) -> torch.nn.Module:
-    """A copy of the encoder with only the embedding row of `word`'s token moved."""
+def _with_token_row_changed(backend, word: str, replacement: str = "wolf") -> torch.nn.Module:
+    """A copy of the encoder in which `word`'s embedding row holds `replacement`'s, so the change shows."""
     encoder = copy.deepcopy(backend.text_encoder)
     (token,) = backend.tokenizer(word, add_special_tokens=False).input_ids
+    (other,) = backend.tokenizer(replacement, add_special_tokens=False).input_ids
+    table = encoder.get_input_embeddings().weight
     with torch.no_grad():
-        encoder.get_input_embeddings().weight[token] += 0.5
+        table[token] = table[other]
     return encoder
 
 
