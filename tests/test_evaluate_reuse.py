@@ -29,7 +29,7 @@ def backend():
 
 
 def _with_token_row_changed(backend, word: str, replacement: str = "wolf") -> torch.nn.Module:
-    """A copy of the encoder in which `word`'s embedding row holds `replacement`'s, so the change shows."""
+    """Return a copy of the encoder whose `word` embedding row equals `replacement`'s row."""
     encoder = copy.deepcopy(backend.text_encoder)
     (token,) = backend.tokenizer(word, add_special_tokens=False).input_ids
     (other,) = backend.tokenizer(replacement, add_special_tokens=False).input_ids

@@ -196,8 +196,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     # nothing is taken over when one is set.
     reuse = (bool(cfg.eval.reuse_unchanged) and backend.video_postprocess is None
              and (settings.videos or settings.images))
-    prompts, shared = [item.prompt for item in items], guidance_texts(backend)
-    texts = list(dict.fromkeys(prompts + shared))
+    prompts = [item.prompt for item in items]
+    shared = guidance_texts(backend)
+    texts = prompts + shared
     digests_before = encoder_digests(backend.tokenizer, backend.text_encoder, texts) if reuse else {}
     before = run_phase("before", backend, judge, scorer, items, backend.text_encoder, out_dir, settings)
     eval_s = time.perf_counter() - t0
