@@ -92,8 +92,8 @@ def test_run_phase_reuse_matches_full_render(backend, tmp_path):
     np.testing.assert_array_equal(reused.images, full.images)
     np.testing.assert_array_equal(reused.image_present, full.image_present)
     np.testing.assert_array_equal(reused.video_present, full.video_present)
-    # The panda samples (the last two) are copies of the first phase's files; the Eiffel Tower ones
-    # were rendered with the changed encoder.
+    # The panda samples (the last two) are copies of the first phase's files. The Eiffel Tower
+    # samples were rendered with the changed encoder.
     for i in (2, 3):
         assert reused.video_paths[i].read_bytes() == before.video_paths[i].read_bytes()
         assert reused.grid_paths[i].read_bytes() == full.grid_paths[i].read_bytes()
