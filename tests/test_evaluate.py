@@ -3,8 +3,8 @@
 import numpy as np
 
 from t2v_unlearn.concepts import EvalItem
-from t2v_unlearn.evaluate import PhaseOutputs, phase_metrics, rate
-from t2v_unlearn.judges.base import WatchedConcept
+from t2v_unlearn.evaluate import PhaseOutputs, concepts_seen, phase_metrics, rate, seen_in_target_metrics
+from t2v_unlearn.judges.base import Judge, WatchedConcept
 
 SNOOPY = WatchedConcept("snoopy", "a picture of Snoopy", ())
 WOLF = WatchedConcept("wolf", "a photo of a wolf", ())
@@ -42,3 +42,49 @@ def test_phase_metrics_include_paraphrase_rates():
     assert metrics["video/paraphrase_rate_after"] == 0.5
     assert metrics["image/paraphrase_rate_after"] == 0.0
     assert metrics["video/target_rate_after"] == 0.0
+
+
+class _BrightnessJudge(Judge):
+    """Sees "bright" in frames with a mean above 128 and "dark" in the others."""
+
+    def detect(self, images, concept):
+        return self.detect_all(images)[concept.key]
+
+    def detect_all(self, images):
+        bright = images.reshape(len(images), -1).mean(axis=1) > 128
+        return {"bright": bright, "dark": ~bright}
+
+
+class _OneConceptJudge(Judge):
+    def detect(self, images, concept):
+        return np.ones(len(images), dtype=bool)
+
+
+def _videos(frame_values):
+    """One 4x4 RGB video per row of frame values."""
+    values = np.asarray(frame_values, dtype=np.uint8)
+    return np.broadcast_to(values[:, :, None, None, None], (*values.shape, 4, 4, 3)).copy()
+
+
+def test_concepts_seen_in_any_judged_frame():
+    # Five frames judged out of nine: 0, 2, 4, 6, 8. Frame 1 is never looked at.
+    videos = _videos([[0, 255, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 255, 0, 0, 0, 0], [255] * 9])
+    assert concepts_seen(_BrightnessJudge(), videos, frames_to_judge=5) == [
+        ("dark",), ("bright", "dark"), ("bright",)]
+    assert concepts_seen(_OneConceptJudge(), videos, frames_to_judge=5) is None
+
+
+def test_seen_in_target_metrics_per_phase():
+    def outputs(seen):
+        return PhaseOutputs(None, None, None, [], [], None, video_seen=seen)
+
+    before = outputs([("snoopy",), ("snoopy", "space"), ("snoopy",), (), ("wolf",), ("panda",)])
+    after = outputs([("wolf",), ("space",), ("snoopy",), (), ("wolf",), ("panda",)])
+    metrics = seen_in_target_metrics(before, after, SAMPLES)
+    # Only the two target samples count; the paraphrase and other groups do not.
+    assert metrics == {
+        "seen_in_target/snoopy_before": 1.0, "seen_in_target/snoopy_after": 0.0,
+        "seen_in_target/space_before": 0.5, "seen_in_target/space_after": 0.5,
+        "seen_in_target/wolf_before": 0.0, "seen_in_target/wolf_after": 0.5,
+    }
+    assert seen_in_target_metrics(before, outputs(None), SAMPLES) == {}

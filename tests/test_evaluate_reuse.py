@@ -92,6 +92,8 @@ def test_run_phase_reuse_matches_full_render(backend, tmp_path):
     np.testing.assert_array_equal(reused.images, full.images)
     np.testing.assert_array_equal(reused.image_present, full.image_present)
     np.testing.assert_array_equal(reused.video_present, full.video_present)
+    assert reused.video_seen == full.video_seen
+    assert "panda" in reused.video_seen[2]
     # The panda samples (the last two) are copies of the first phase's files. The Eiffel Tower
     # samples were rendered with the changed encoder.
     for i in (2, 3):

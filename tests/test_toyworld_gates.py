@@ -14,6 +14,7 @@ from t2v_unlearn.toyworld.gates import (
     generation_rates,
     main,
     measure_gates,
+    replace_card_gates,
     stage_timeline,
     write_model_card,
 )
@@ -69,21 +70,59 @@ def test_stage_timeline_counts_parallel_stages_once():
 
 
 def test_model_card_reports_resumed_training_gaps(tmp_path):
-    from t2v_unlearn.toyworld.grammar import concept_keys
     from t2v_unlearn.toyworld.train import load_train_config
 
     hour = 3600.0
     metrics = {"vae": {"seconds": 600.0, "finished_at": 600.0},
                "unet": {"seconds": 1200.0, "finished_at": 5 * hour}}
-    keys = concept_keys()
-    gates = {"samples": {"heldout_renders": 10, "image_seeds": 1, "video_seeds": 0}, "num_prompts": 1,
-             "detector_accuracy": dict.fromkeys(keys, 1.0), "detector_passed": True, "torch_threads": 2,
-             "generation": {"images": {key: {"named": 1.0, "named_count": 1, "unnamed": 0.0} for key in keys},
-                            "seconds_per_image": 0.1}}
-    write_model_card(tmp_path / "MODEL_CARD.md", load_train_config(), metrics, gates)
+    write_model_card(tmp_path / "MODEL_CARD.md", load_train_config(), metrics, _fake_gates(1))
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "at least one stage was running for 30 minutes" in card
     assert "separate sittings, 300 minutes" in card
+
+
+def _fake_gates(image_seeds: int, first_seed: int = 0) -> dict:
+    from t2v_unlearn.toyworld.grammar import concept_keys
+
+    keys = concept_keys()
+    return {"samples": {"heldout_renders": 10, "image_seeds": image_seeds, "video_seeds": 0, "first_seed": first_seed},
+            "num_prompts": 1, "detector_accuracy": dict.fromkeys(keys, 1.0), "detector_passed": True,
+            "torch_threads": 2,
+            "generation": {"images": {key: {"named": 1.0, "named_count": 1, "unnamed": 0.0} for key in keys},
+                           "seconds_per_image": 0.1}}
+
+
+def test_replace_card_gates_keeps_training(tmp_path):
+    from t2v_unlearn.toyworld.train import load_train_config
+
+    card = tmp_path / "MODEL_CARD.md"
+    write_model_card(card, load_train_config(), {"vae": {"seconds": 60.0, "finished_at": 60.0}}, _fake_gates(4))
+    training_part = card.read_text().split("## Quality gates")[0]
+    assert "with 4 image seeds" in card.read_text()
+
+    replace_card_gates(card, _fake_gates(8, first_seed=100))
+    text = card.read_text()
+    assert text.startswith(training_part)
+    assert text.count("## Quality gates") == 1
+    assert "with 8 image seeds" in text
+    assert "from seed 100 on" in text
+    assert "with 4 image seeds" not in text
+
+
+def test_replace_card_gates_without_section(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make toyworld"):
+        replace_card_gates(tmp_path / "MODEL_CARD.md", _fake_gates(4))
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# A card without gates\n")
+    with pytest.raises(ValueError, match="no '## Quality gates' section"):
+        replace_card_gates(card, _fake_gates(4))
+    assert card.read_text() == "# A card without gates\n"
+
+
+def test_gate_command_rejects_quick_card(capsys):
+    with pytest.raises(SystemExit):
+        main(["--quick", "--write-card"])
+    assert "drop --quick" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,10 @@ def test_default_job_erases_eiffel_keeps_others(tmp_path):
     samples = json.loads((out / "eval_samples.json").read_text())
     assert metrics["eval/after_samples_reused"] == sum(s["group"] != "target" for s in samples) > 0
     assert all(s["after_copied_from_before"] == (s["group"] != "target") for s in samples)
+    # The detector lists every concept it sees, with the judge's frames and rule.
+    for phase in ("before", "after"):
+        assert metrics[f"seen_in_target/eiffel_{phase}"] == metrics[f"video/target_rate_{phase}"]
+        assert all((s["concept"] in s[f"video_{phase}_seen"]) == s[f"video_{phase}"] for s in samples)
 
 
 def test_published_lr_leaves_eiffel(tmp_path):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO_ROOT, compose_config
 
@@ -78,6 +79,25 @@ def test_job_writes_output_contract(tmp_path):
         assert key.encode() in record, f"W&B run lacks {key}"
     media = list((out / "wandb").glob("offline-run-*/files/media/videos/**/*.mp4"))
     assert media, "no video reached W&B"
+
+
+def test_unlearning_ignores_clip_setting(tmp_path):
+    # The CLIP scorer is built only when eval.clip_similarity is true, and building it draws from
+    # torch's global generator. The unlearned encoder must come out the same either way.
+    from safetensors.torch import load_file
+
+    encoders = []
+    for clip in ("true", "false"):
+        out = tmp_path / f"clip_{clip}"
+        run_in_process([*FAST, "logger=none", "eval.videos=false", "eval.images=false",
+                        f"eval.clip_similarity={clip}"], out)
+        encoders.append(load_file(str(out / "text_encoder" / "model.safetensors")))
+    assert encoders[0].keys() == encoders[1].keys()
+    for key in encoders[0]:
+        assert torch.equal(encoders[0][key], encoders[1][key]), key
+    # The second epoch moved the encoder, so the comparison above is between trained encoders.
+    first_epoch = load_file(str(tmp_path / "clip_true" / "text_encoder_epoch_1" / "model.safetensors"))
+    assert any(not torch.equal(first_epoch[key], encoders[0][key]) for key in first_epoch)
 
 
 def test_multi_concept_mixes_images(tmp_path):

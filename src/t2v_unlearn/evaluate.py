@@ -48,6 +48,9 @@ class PhaseOutputs:
     clip_by_sample: np.ndarray | None = None  # (n_samples,), NaN outside the target group
     # (n_samples,) bool: taken over from an earlier phase instead of generated again.
     reused: np.ndarray | None = None
+    # Per sample, the concept keys that the judge finds in the video (in any judged frame, the rule
+    # of `judge_videos`); None when the judge has no fixed concept list (`Judge.detect_all`).
+    video_seen: list[tuple[str, ...]] | None = None
 
 
 def expand(items: list[EvalItem], settings: EvalSettings) -> tuple[list[EvalItem], list[int]]:
@@ -83,6 +86,51 @@ def judge_videos(judge: Judge, videos: np.ndarray, samples: list[EvalItem], fram
     per_frame_samples = [s for s in samples for _ in range(k)]
     per_frame = judge_images(judge, frames.reshape(n * k, *frames.shape[2:]), per_frame_samples)
     return per_frame.reshape(n, k).any(axis=1)
+
+
+def concepts_seen(judge: Judge, videos: np.ndarray, frames_to_judge: int) -> list[tuple[str, ...]] | None:
+    """Return, per video, the sorted keys of every concept the judge finds in any judged frame.
+
+    None when the judge cannot list concepts (`Judge.detect_all` returns None).
+    """
+    frame_index = sample_frame_indices(videos.shape[1], frames_to_judge)
+    frames = videos[:, frame_index]
+    n, k = frames.shape[:2]
+    detected = judge.detect_all(frames.reshape(n * k, *frames.shape[2:]))
+    if detected is None:
+        return None
+    in_any_frame = {key: hits.reshape(n, k).any(axis=1) for key, hits in detected.items()}
+    return [tuple(sorted(key for key, hits in in_any_frame.items() if hits[i])) for i in range(n)]
+
+
+def seen_shares(outputs: PhaseOutputs, samples: list[EvalItem], group: str = "target") -> dict[str, float]:
+    """Return the share of `group`'s videos in which each concept was seen; empty without records."""
+    index = [i for i, s in enumerate(samples) if s.group == group]
+    if outputs.video_seen is None or not index:
+        return {}
+    counts: dict[str, int] = defaultdict(int)
+    for i in index:
+        for key in outputs.video_seen[i]:
+            counts[key] += 1
+    return {key: counts[key] / len(index) for key in sorted(counts)}
+
+
+def seen_in_target_metrics(before: PhaseOutputs, after: PhaseOutputs, samples: list[EvalItem]) -> dict[str, float]:
+    """Return `seen_in_target/<key>_before` and `_after`: what the target prompts' videos show.
+
+    One pair per concept seen in either phase, from judges that list concepts (`Judge.detect_all`).
+    The pairs show what takes the erased concept's place: after the Eiffel Tower is erased, a
+    tower prompt may still draw a tower that the judge calls Tokyo Tower.
+    """
+    if before.video_seen is None or after.video_seen is None:
+        return {}
+    shares = {"before": seen_shares(before, samples), "after": seen_shares(after, samples)}
+    keys = sorted(set(shares["before"]) | set(shares["after"]))
+    if keys:
+        log.info("Concepts seen in the target prompts' videos, before -> after: %s",
+                 ", ".join(f"{key} {shares['before'].get(key, 0.0):.2f} -> {shares['after'].get(key, 0.0):.2f}"
+                           for key in keys))
+    return {f"seen_in_target/{key}_{phase}": shares[phase].get(key, 0.0) for key in keys for phase in shares}
 
 
 def encoder_digests(tokenizer, text_encoder: torch.nn.Module, texts: list[str]) -> dict[str, str]:
@@ -163,7 +211,7 @@ def run_phase(
     todo = np.flatnonzero(~reused)
     todo_samples = [samples[i] for i in todo]
     todo_prompts, todo_seeds = [prompts[i] for i in todo], [seeds[i] for i in todo]
-    video_present = image_present = clip_similarity = clip_by_sample = images = None
+    video_present = image_present = clip_similarity = clip_by_sample = images = video_seen = None
     video_paths: list[Path] = []
     grid_paths: list[Path] = []
     image_grid_path = None
@@ -191,6 +239,7 @@ def run_phase(
             video_present[reused] = reuse_from.video_present[reused]
         if videos is not None:
             video_present[todo] = judge_videos(judge, videos, todo_samples, settings.frames_to_judge)
+        video_seen = _seen_per_sample(judge, videos, todo, reused, reuse_from, settings.frames_to_judge)
         if scorer is not None:
             clip_by_sample = np.full(len(samples), np.nan)
             if reused.any():
@@ -220,7 +269,25 @@ def run_phase(
         log.info("%s: %d of %d samples taken over from the earlier phase (their prompts are encoded "
                  "as before)", phase, int(reused.sum()), len(samples))
     return PhaseOutputs(video_present, image_present, clip_similarity, video_paths, grid_paths, image_grid_path,
-                        images=images, clip_by_sample=clip_by_sample, reused=reused)
+                        images=images, clip_by_sample=clip_by_sample, reused=reused, video_seen=video_seen)
+
+
+def _seen_per_sample(judge: Judge, videos: np.ndarray | None, todo: np.ndarray, reused: np.ndarray,
+                     reuse_from: PhaseOutputs | None, frames_to_judge: int) -> list[tuple[str, ...]] | None:
+    """Combine the concepts seen in new videos with those recorded for taken-over samples."""
+    seen: list[tuple[str, ...]] = [()] * len(reused)
+    if reused.any():
+        if reuse_from.video_seen is None:
+            return None
+        for i in np.flatnonzero(reused).tolist():
+            seen[i] = reuse_from.video_seen[i]
+    if videos is not None:
+        new = concepts_seen(judge, videos, frames_to_judge)
+        if new is None:
+            return None
+        for i, keys in zip(todo.tolist(), new):
+            seen[i] = keys
+    return seen
 
 
 def _probe_similarity(scorer, videos: np.ndarray, samples: list[EvalItem], frames_to_judge: int) -> np.ndarray:
@@ -284,6 +351,8 @@ def per_sample_records(samples: list[EvalItem], seeds: list[int], before: PhaseO
             if phase.video_present is not None:
                 record[f"video_{name}"] = bool(phase.video_present[i])
                 record[f"video_{name}_path"] = str(phase.video_paths[i])
+            if phase.video_seen is not None:
+                record[f"video_{name}_seen"] = list(phase.video_seen[i])
             if phase.image_present is not None:
                 record[f"image_{name}"] = bool(phase.image_present[i])
             if phase.reused is not None and phase.reused.any():

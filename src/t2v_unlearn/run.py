@@ -30,6 +30,7 @@ from t2v_unlearn.evaluate import (
     per_sample_records,
     phase_metrics,
     run_phase,
+    seen_in_target_metrics,
     unchanged_prompts,
 )
 from t2v_unlearn.export import BASE_FINGERPRINT_KEY, SaveTextEncoderEachEpoch, save_text_encoder
@@ -254,6 +255,11 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         callbacks.insert(0, early_stopping)
     trainer = instantiate(cfg.trainer, logger=logger if logger is not None else False, callbacks=callbacks,
                           default_root_dir=str(out_dir))
+    # The noise, timesteps and batch order of unlearning come from the global generators. Loading
+    # models initialises weights from them (the backend, the judge, the CLIP scorer only when
+    # eval.clip_similarity is true), so seed again here: the unlearned encoder then depends on the
+    # seed and the training settings, not on which evaluation ran before.
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer.fit(module, datamodule=UnlearningDataModule(dataset, batch_size=int(cfg.batch_size)))
     # NOTE: under DDP every rank runs this function; only rank zero saves and evaluates. The ranks
     # before fit each generate (or read from the cache) the same few-shot images.
@@ -297,6 +303,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "train/epochs_run": int(trainer.current_epoch),
         "train/early_stopped_epoch": early_stopping.stopped_epoch if early_stopping else None,
     })
+    metrics.update(seen_in_target_metrics(before, after, samples))
     write_json_atomic(out_dir / "eval_samples.json", per_sample_records(samples, seeds, before, after))
     if logger is not None:
         log_metrics(logger, metrics)

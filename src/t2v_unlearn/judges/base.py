@@ -30,3 +30,12 @@ class Judge(ABC):
     def supports(self, concept: WatchedConcept) -> bool:
         """Return whether this judge can decide on `concept` at all."""
         return True
+
+    def detect_all(self, images: np.ndarray) -> dict[str, np.ndarray] | None:
+        """Return `{concept key: bool (n,)}` for every concept on the judge's list, or None.
+
+        Judges with a fixed concept list (the toy world's detector) override this; the evaluation
+        then records which concepts a video shows besides the watched one. None means the judge
+        can only answer for a given concept.
+        """
+        return None

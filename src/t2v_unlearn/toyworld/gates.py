@@ -1,8 +1,10 @@
 """Quality gates of the toy world, measured on the committed weights.
 
     python scripts/toyworld_gates.py [--output gates.json]   # prints a table per concept
-    python scripts/toyworld_gates.py --image-seeds 8 --video-seeds 0 --first-seed 100
+    python scripts/toyworld_gates.py --image-seeds 16 --video-seeds 0 --first-seed 100
         # images only, on seeds the model card does not use: a second, independent sample
+    python scripts/toyworld_gates.py --write-card
+        # measure again and replace the gate section of the weights' MODEL_CARD.md
 
 1. Detector: accuracy per concept on fresh held-out renders (seeds never used in training).
 2. Generation: over the published prompts and every prompt of conf/concept/*.yaml, how often each
@@ -22,14 +24,20 @@ import numpy as np
 import torch
 import yaml
 
+from t2v_unlearn.io import atomic_file
 from t2v_unlearn.toyworld.grammar import concept_keys, load_world, parse_caption
 
 logger = logging.getLogger("t2v_unlearn.toyworld.gates")
 
 # Thresholds of the gates and sample sizes of the measurement.
 GATES = {"detector_accuracy": 0.98, "named_detected": 0.90, "unnamed_detected": 0.05}
-SAMPLES = {"heldout_renders": 3000, "image_seeds": 4, "video_seeds": 2, "heldout_seed": 10_000_019}
+# A concept named in three prompts gets 3 x video_seeds videos. With 2 seeds one miss among its 6
+# videos gave 0.833, under the 0.90 gate, while 16 image seeds per prompt put the same concept at
+# 0.917; 4 seeds need 11 of 12.
+SAMPLES = {"heldout_renders": 3000, "image_seeds": 8, "video_seeds": 4, "heldout_seed": 10_000_019}
 QUICK_SAMPLES = {"heldout_renders": 300, "image_seeds": 1, "video_seeds": 1, "heldout_seed": 10_000_019}
+# The model card's last section; `replace_card_gates` rewrites it from here on.
+GATES_HEADING = "## Quality gates"
 # A video shows a concept when the detector finds it in at least this share of its frames.
 VIDEO_FRAME_SHARE = 0.5
 
@@ -182,10 +190,6 @@ def measure_gates(weights_dir: str | None = None, quick: bool = False, concept_d
         result["generation_lavie"] = lavie
         result["lavie_videos_summary"] = _summarise(lavie["videos"])
         result["lavie_video_frames_summary"] = _summarise(lavie["video_frames"])
-    if "seconds_per_image" in generation:
-        # The main job generates about 20 images and 20 videos before and again after unlearning.
-        result["main_job_generation_seconds"] = 2 * 20 * (generation["seconds_per_image"]
-                                                          + generation["seconds_per_video"])
     return result
 
 
@@ -225,10 +229,7 @@ def format_table(result: dict) -> str:
                    f"{'PASS' if result['detector_passed'] else 'FAIL'}")
     speeds = [f"{generation[f'seconds_per_{kind}']:.3f} s per {kind}" for kind in ("image", "video")
               if f"seconds_per_{kind}" in generation]
-    speed = f"- {', '.join(speeds)} ({result['torch_threads']} torch threads)"
-    if "main_job_generation_seconds" in result:
-        speed += f"; 20 images + 20 videos before and after: {result['main_job_generation_seconds']:.0f} s"
-    summary.append(speed)
+    summary.append(f"- {', '.join(speeds)} ({result['torch_threads']} torch threads)")
     if lavie:
         summary.append(f"- LaVie-architecture video model: {lavie['seconds_per_video']:.3f} s per video")
     return "\n".join(lines + [""] + summary)
@@ -308,10 +309,19 @@ latent scaling factor {metrics.get('vae', {}).get('scaling_factor', float('nan')
 
 Sizes: {json.dumps({k: config[k] for k in ('vae', 'decoder', 'text_encoder', 'unet', 'motion_adapter', 'lavie', 'clip', 'detector') if k in config})}
 
-## Quality gates (`python scripts/toyworld_gates.py`)
+"""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text + gates_section(gates))
+
+
+def gates_section(gates: dict) -> str:
+    """Return the model card's last section: the gate results of `measure_gates`."""
+    first_seed = gates["samples"].get("first_seed", 0)
+    seeds = f" from seed {first_seed} on" if first_seed else ""
+    return f"""{GATES_HEADING} (`python scripts/toyworld_gates.py`)
 Detector accuracy on {gates['samples']['heldout_renders']} fresh renders; generation over {gates['num_prompts']}
 prompts (published and conf/concept/*.yaml) with {gates['samples']['image_seeds']} image seeds and
-{gates['samples']['video_seeds']} video seeds each, 20 DDIM steps, guidance 5. "named": share of
+{gates['samples']['video_seeds']} video seeds each{seeds}, 20 DDIM steps, guidance 5. "named": share of
 generations whose prompt names the concept in which it is detected (count of generations in brackets);
 "unnamed": share of the others in which it is detected. A video shows a concept when it is
 detected in at least half of its frames. "LaVie videos" come from the same prompts and seeds through
@@ -320,7 +330,25 @@ the LaVie-architecture video model (`model=toyworld_lavie`). Gates: detector >= 
 
 {format_table(gates)}
 """
-    path.write_text(text)
+
+
+def replace_card_gates(path: Path, gates: dict) -> None:
+    """Replace the quality-gate section of an existing model card, keeping the training part.
+
+    For a new measurement on the same weights (a larger sample, a retrained detector) without the
+    training run's stage records, which `write_model_card` needs.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no model card at {path}; train the weights with `make toyworld`, "
+                                "which writes it")
+    text = path.read_text()
+    start = text.find(GATES_HEADING)
+    if start < 0:
+        raise ValueError(f"{path} has no {GATES_HEADING!r} section to replace; "
+                         "retrain with `make toyworld` to write a complete card")
+    with atomic_file(path) as tmp:
+        tmp.write_text(text[:start] + gates_section(gates))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -335,7 +363,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="first generation seed; seeds other than the model card's give an independent sample")
     parser.add_argument("--output", default=None, help="JSON file for the full results (default: none)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--write-card", action="store_true",
+                        help="replace the quality-gate section of the weights' MODEL_CARD.md with these results")
     args = parser.parse_args(argv)
+    if args.write_card and args.quick:
+        parser.error("--write-card with --quick would put a one-seed sample in the model card; drop --quick")
     for name in ("image_seeds", "video_seeds", "first_seed"):
         if (getattr(args, name) or 0) < 0:
             parser.error(f"--{name.replace('_', '-')} is {getattr(args, name)}; it must be 0 or more")
@@ -354,3 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2))
     print(format_table(result))
+    if args.write_card:
+        card = (Path(args.weights) if args.weights else _committed_weights()) / "MODEL_CARD.md"
+        replace_card_gates(card, result)
+        print(f"wrote the gate section of {card}")
