@@ -60,3 +60,33 @@ def test_images_dir_shortcut_rejects_several_concepts():
     cfg = compose_config(["concept=snoopy_mickey"])
     with pytest.raises(ValueError, match="concepts.<key>.images_dir"):
         load_concepts(cfg.concepts, images_dir="/tmp/images")
+
+
+def _eiffel_config(preserve_entry):
+    cfg = dict(compose_config(["concept=eiffel"]).concepts)
+    eiffel = dict(cfg["eiffel"])
+    eiffel["preserve_prompts"] = [preserve_entry]
+    return {"eiffel": eiffel}
+
+
+def test_preserve_prompt_unquoted_comma_rejected():
+    # What YAML makes of the unquoted flow mapping {prompt: a cat, oil painting style, concept: ...}.
+    entry = {"prompt": "a cat", "oil painting style": None, "concept": "oil_painting", "probe": "an oil painting"}
+    with pytest.raises(ValueError, match="unknown key.*'oil painting style'.*quote a prompt"):
+        load_concepts(_eiffel_config(entry))
+
+
+def test_preserve_prompt_without_probe_rejected():
+    with pytest.raises(ValueError, match=r"without \['probe'\]"):
+        load_concepts(_eiffel_config({"prompt": "a cat", "concept": "cat"}))
+
+
+@pytest.mark.parametrize("name", ALL_CONCEPTS)
+def test_preserve_prompts_name_their_concept(name):
+    # The toy world's caption parser lists the concepts a prompt names; each preservation prompt
+    # must name the concept it watches, or its rate measures nothing.
+    from t2v_unlearn.toyworld.grammar import parse_caption
+
+    (concept,) = load_concepts(compose_config([f"concept={name}"]).concepts)
+    for preserve in concept.preserve_prompts:
+        assert preserve.concept in parse_caption(preserve.prompt).concepts(), preserve.prompt

@@ -51,10 +51,7 @@ class Concept:
             raise ValueError(f"concept '{key}' is missing the field(s) {missing}; see conf/concept/eiffel.yaml")
         if cfg["kind"] not in KINDS:
             raise ValueError(f"concept '{key}' has kind '{cfg['kind']}'; use one of {list(KINDS)}")
-        preserve = tuple(
-            PreservePrompt(prompt=str(p["prompt"]), concept=str(p["concept"]), probe=str(p["probe"]))
-            for p in cfg.get("preserve_prompts") or ()
-        )
+        preserve = tuple(_preserve_prompt(key, entry) for entry in cfg.get("preserve_prompts") or ())
         return cls(
             key=str(cfg.get("key", key)),
             name=str(cfg["name"]),
@@ -70,6 +67,21 @@ class Concept:
             paraphrase_prompts=tuple(cfg.get("paraphrase_prompts") or ()),
             images_dir=cfg.get("images_dir") or None,
         )
+
+
+def _preserve_prompt(key: str, entry: Mapping[str, Any]) -> PreservePrompt:
+    fields = {"prompt", "concept", "probe"}
+    missing = sorted(fields - set(entry))
+    unknown = sorted(str(name) for name in set(entry) - fields)
+    if unknown:
+        # In a YAML flow mapping a comma ends the value, so an unquoted "a cat, oil painting style"
+        # leaves the prompt as "a cat" and makes "oil painting style" a key.
+        raise ValueError(f"concept '{key}' has a preserve prompt {dict(entry)} with unknown key(s) {unknown}; "
+                         "quote a prompt that contains a comma: {prompt: \"a cat, oil painting style\", ...}")
+    if missing:
+        raise ValueError(f"concept '{key}' has a preserve prompt {dict(entry)} without {missing}; "
+                         "give each entry prompt, concept and probe")
+    return PreservePrompt(prompt=str(entry["prompt"]), concept=str(entry["concept"]), probe=str(entry["probe"]))
 
 
 def load_concepts(concepts_cfg: Mapping[str, Any] | None, images_dir: str | None = None) -> list[Concept]:
