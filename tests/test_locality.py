@@ -173,7 +173,7 @@ def test_retain_prompts_exclude_targets_and_similar():
     assert "a cat climbing on Tokyo Tower" in with_similar
 
 
-@pytest.mark.parametrize("method", ["retain", "retain_unet", "concept_tokens"])
+@pytest.mark.parametrize("method", ["retain", "retain_unet", "concept_tokens", "concept_tokens_retain"])
 def test_presets_compose_with_multi_concept(tmp_path, method):
     out = tmp_path / "run"
     metrics = run_in_process([*FAST, "epochs=1", "concept=snoopy_mickey", f"method={method}", "logger=none",
@@ -182,16 +182,17 @@ def test_presets_compose_with_multi_concept(tmp_path, method):
     provenance = json.loads((out / "text_encoder" / "unlearning.json").read_text())
     assert provenance["concepts"] == ["snoopy", "mickey"]
     assert provenance["method"] == method
-    if method.startswith("retain"):
+    if "retain" in method:
         assert provenance["retain"]["weight"] > 0
         assert provenance["retain"]["space"] == ("unet" if method == "retain_unet" else "embedding")
-    else:
+    if method.startswith("concept_tokens"):
         assert provenance["trainable"] == "concept_tokens"
 
 
 @pytest.mark.parametrize(("overrides", "method", "weight"), [
-    ([], "concept_tokens", 0.0),                           # the toy world's default
-    (["model=toyworld_lavie"], "concept_tokens", 0.0),
+    ([], "concept_tokens_retain", 3.0),                    # the toy world's default
+    (["model=toyworld_lavie"], "concept_tokens_retain", 3.0),
+    (["method=concept_tokens"], "concept_tokens", 0.0),
     (["method=retain"], "retain", 3.0),
     (["method=paper"], "paper", 0.0),                       # the command line wins
     (["experiment=published_snoopy"], "paper", 0.0),
@@ -211,11 +212,12 @@ def test_published_experiment_keeps_lr():
     assert (cfg.shots, cfg.epochs, cfg.retain.weight) == (4, 5, 0.0)
 
 
+@pytest.mark.parametrize("method", ["concept_tokens", "concept_tokens_retain"])
 @pytest.mark.parametrize("model", ["toyworld", "animatediff_tiny", "lavie"])
-def test_concept_tokens_preset_brings_its_learning_rate(model):
+def test_concept_tokens_preset_brings_its_learning_rate(model, method):
     # Token rows need larger steps than the whole encoder on every backend, so the preset's
     # method_lr wins over the backend's recipe. The command line wins over both.
-    cfg = compose_config([f"model={model}", "method=concept_tokens"])
+    cfg = compose_config([f"model={model}", f"method={method}"])
     assert cfg.optim.lr == cfg.method_lr >= 1e-2
-    assert compose_config([f"model={model}", "method=concept_tokens", "optim.lr=1e-4"]).optim.lr == 1e-4
+    assert compose_config([f"model={model}", f"method={method}", "optim.lr=1e-4"]).optim.lr == 1e-4
     assert compose_config([f"model={model}", "method=retain"]).optim.lr == (1e-3 if model == "toyworld" else 1e-5)

@@ -31,3 +31,27 @@ def test_video_pipeline_sees_in_place_change(tiny_backend):
 def test_image_and_video_share_encoder_object(tiny_backend):
     assert tiny_backend.image_pipeline.text_encoder is tiny_backend.text_encoder
     assert tiny_backend.video_pipeline.text_encoder is tiny_backend.text_encoder
+
+
+def test_video_batch_size_sets_calls(tiny_backend, monkeypatch):
+    calls = []
+    pipeline = tiny_backend.video_pipeline
+    original_call = type(pipeline).__call__
+
+    def counting_call(self, prompt, **kwargs):
+        calls.append(len(prompt))
+        return original_call(self, prompt=prompt, **kwargs)
+
+    monkeypatch.setattr(type(pipeline), "__call__", counting_call)
+    prompts, seeds = ["a cat"] * 5, list(range(5))
+    monkeypatch.setattr(tiny_backend, "generation_batch_size", 4)
+    monkeypatch.setattr(tiny_backend, "video_batch_size", None)
+    in_fours = tiny_backend.generate_videos(prompts, seeds)
+    assert calls == [4, 1]
+
+    calls.clear()
+    monkeypatch.setattr(tiny_backend, "video_batch_size", 2)
+    in_twos = tiny_backend.generate_videos(prompts, seeds)
+    assert calls == [2, 2, 1]
+    # Each sample has its own generator, so the split does not change what a sample shows.
+    np.testing.assert_allclose(in_fours.astype(int), in_twos.astype(int), atol=1)

@@ -13,27 +13,38 @@ def test_default_job_erases_eiffel_keeps_others(tmp_path):
 
     assert provenance["backend"] == "toyworld"
     # The toy world's default method and its learning rate, see conf/model/toyworld.yaml.
-    assert provenance["method"] == "concept_tokens"
+    assert provenance["method"] == "concept_tokens_retain"
     assert provenance["trainable"] == "concept_tokens"
     assert provenance["optimizer"]["lr"] == 3e-2
+    assert provenance["retain"]["weight"] == 3.0
     assert metrics["train/optimizer_steps"] == 10
     assert metrics["video/target_rate_before"] >= 0.9
     assert metrics["image/target_rate_before"] >= 0.9
     assert metrics["video/target_rate_after"] <= 0.1
     assert metrics["image/target_rate_after"] <= 0.1
-    # Concepts unrelated to the Eiffel Tower survive; Tokyo Tower (its similar concept) may leak.
+    # Concepts unrelated to the Eiffel Tower survive. Tokyo Tower, its similar concept, shares the
+    # trained "tower" row and may leak.
     assert metrics["video/unrelated_rate_after"] >= 0.9 * metrics["video/unrelated_rate_before"]
     assert metrics["video/other_rate_after"] >= 0.9 * metrics["video/other_rate_before"]
     assert metrics["clip/target_similarity_after"] < metrics["clip/target_similarity_before"]
     # The paraphrase prompts ("the iron lattice tower in Paris") show the tower before unlearning.
     assert metrics["video/paraphrase_rate_before"] >= 0.75
     assert metrics["video/paraphrase_rate_after"] is not None
-    # Only the "eiffel" row changed, so the paraphrase and preservation prompts read as before and
-    # their samples were copied from the first phase instead of rendered again.
+    # Only the rows of "eiffel" and "tower" changed, so the prompts without those tokens read as
+    # before, and their samples were copied from the first phase instead of rendered again.
+    from transformers import CLIPTokenizer
+
+    from t2v_unlearn.backends.toyworld import default_weights_dir
+
+    tokenizer = CLIPTokenizer.from_pretrained(str(default_weights_dir() / "tokenizer"))
+    trained = set(provenance["trainable_token_ids"])
+    assert len(trained) == 2
     samples = json.loads((out / "eval_samples.json").read_text())
-    assert metrics["eval/after_samples_reused"] == sum(s["group"] != "target" for s in samples) > 0
-    assert all(s["after_copied_from_before"] == (s["group"] != "target") for s in samples)
-    # The detector lists every concept it sees, with the judge's frames and rule.
+    for sample in samples:
+        untouched = trained.isdisjoint(tokenizer(sample["prompt"]).input_ids)
+        assert sample["after_copied_from_before"] == untouched, sample["prompt"]
+    assert metrics["eval/after_samples_reused"] == sum(s["after_copied_from_before"] for s in samples) > 0
+    # The detector lists every concept it finds, with the frames and rule of the judge.
     for phase in ("before", "after"):
         assert metrics[f"seen_in_target/eiffel_{phase}"] == metrics[f"video/target_rate_{phase}"]
         assert all((s["concept"] in s[f"video_{phase}_seen"]) == s[f"video_{phase}"] for s in samples)

@@ -39,8 +39,9 @@ class Backend:
     # Open_clip model settings for CLIP probes and the CLIP judge (see `judges.clip`).
     clip: dict = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    # Images per pipeline call while generating.
+    # Images per pipeline call while generating, and videos per call unless video_batch_size is set.
     generation_batch_size: int = 4
+    video_batch_size: int | None = None
     # Optional step that `generate_videos` applies to its output, such as a super-resolution stage.
     # Called as `video_postprocess(videos, prompts, seeds, text_encoder)`, where `text_encoder` is the
     # encoder that rendered the videos. It returns the new uint8 `(n, frames, h, w, 3)` videos.
@@ -63,7 +64,8 @@ class Backend:
     ) -> np.ndarray:
         """Generate one image per (prompt, seed) pair; returns uint8 `(n, h, w, 3)`."""
         kwargs = {**self.image_kwargs, **overrides}
-        chunks = self._run_pipeline(self.image_pipeline, prompts, seeds, text_encoder, kwargs, desc, "images")
+        chunks = self._run_pipeline(self.image_pipeline, prompts, seeds, text_encoder, kwargs, desc, "images",
+                                    self.generation_batch_size)
         return np.concatenate(chunks, axis=0)
 
     def generate_videos(
@@ -79,7 +81,9 @@ class Backend:
         With `video_postprocess` set, the videos pass through it before they are returned.
         """
         kwargs = {**self.video_kwargs, **overrides}
-        chunks = self._run_pipeline(self.video_pipeline, prompts, seeds, text_encoder, kwargs, desc, "frames")
+        batch_size = self.video_batch_size or self.generation_batch_size
+        chunks = self._run_pipeline(self.video_pipeline, prompts, seeds, text_encoder, kwargs, desc, "frames",
+                                    batch_size)
         videos = np.concatenate(chunks, axis=0)
         if self.video_postprocess is not None:
             used_encoder = text_encoder if text_encoder is not None else self.text_encoder
@@ -87,7 +91,7 @@ class Backend:
         return videos
 
     @torch.no_grad()
-    def _run_pipeline(self, pipeline, prompts, seeds, text_encoder, kwargs, desc, output_field):
+    def _run_pipeline(self, pipeline, prompts, seeds, text_encoder, kwargs, desc, output_field, batch_size):
         if len(prompts) != len(seeds):
             raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
         original_encoder = pipeline.text_encoder
@@ -95,7 +99,7 @@ class Backend:
         pipeline.set_progress_bar_config(disable=True)
         chunks = []
         try:
-            batch = max(1, int(self.generation_batch_size))
+            batch = max(1, int(batch_size))
             for start in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch", leave=False):
                 batch_prompts = prompts[start : start + batch]
                 # One generator per sample, so a sample depends on its own seed only and not on

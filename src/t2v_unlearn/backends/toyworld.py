@@ -38,7 +38,7 @@ def build_toyworld_backend(weights_dir: str | None = None, device: str = "cpu", 
     `video_model` is "animatediff" (MotionAdapter) or "lavie" (LaVie's temporal layers).
 
     `overrides` may set `image_kwargs`, `video_kwargs` (merged into the defaults),
-    `generation_batch_size` and `clip` (replaces the spec below). `Backend.clip` is `{"loader": "t2v_unlearn.toyworld.clip_model:
+    `generation_batch_size`, `video_batch_size` and `clip` (replaces the spec below). `Backend.clip` is `{"loader": "t2v_unlearn.toyworld.clip_model:
     load_toyworld_clip", "directory": <weights>/clip}`: the CLIP scorer calls the loader with the
     directory, which contains the open_clip config JSON and safetensors weights.
     """
@@ -61,10 +61,10 @@ def build_toyworld_backend(weights_dir: str | None = None, device: str = "cpu", 
     missing = [name for name in folders if not (root / name).is_dir()]
     if missing:
         raise FileNotFoundError(f"toy-world weights in {root} lack {missing}; run `make toyworld` to train them")
-    unknown = set(overrides) - {"image_kwargs", "video_kwargs", "generation_batch_size", "clip"}
+    unknown = set(overrides) - {"image_kwargs", "video_kwargs", "generation_batch_size", "video_batch_size", "clip"}
     if unknown:
         raise TypeError(f"unknown toy-world backend options {sorted(unknown)}; "
-                        "expected image_kwargs, video_kwargs, generation_batch_size or clip")
+                        "expected image_kwargs, video_kwargs, generation_batch_size, video_batch_size or clip")
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -117,6 +117,7 @@ def build_toyworld_backend(weights_dir: str | None = None, device: str = "cpu", 
         clip=dict(overrides.get("clip") or clip_settings(root / "clip")),
         device=device,
         generation_batch_size=int(overrides.get("generation_batch_size", 8)),
+        video_batch_size=int(overrides.get("video_batch_size") or 4),
     )
     return backend
 
