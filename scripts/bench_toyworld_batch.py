@@ -3,7 +3,7 @@
     python scripts/bench_toyworld_batch.py [--samples 16] [--sizes 1 2 4 8 16]
 
 Prints seconds per video and per image for each size, after one warm-up call. The toy world's
-`video_batch_size` and `generation_batch_size` (conf/model/toyworld.yaml) come from this.
+`video_batch_size` (conf/model/toyworld.yaml) comes from this.
 """
 
 from __future__ import annotations

@@ -78,14 +78,18 @@ def judge_images(judge: Judge, images: np.ndarray, samples: list[EvalItem]) -> n
     return present
 
 
+def _judged_frames(videos: np.ndarray, frames_to_judge: int) -> tuple[np.ndarray, int]:
+    """Return the uniformly sampled frames of every video as one `(n * k, h, w, 3)` array, and k."""
+    frames = videos[:, sample_frame_indices(videos.shape[1], frames_to_judge)]  # (n, k, h, w, 3)
+    return frames.reshape(-1, *frames.shape[2:]), frames.shape[1]
+
+
 def judge_videos(judge: Judge, videos: np.ndarray, samples: list[EvalItem], frames_to_judge: int) -> np.ndarray:
     """Judge each video: it shows the concept when any of `frames_to_judge` uniformly sampled frames does."""
-    frame_index = sample_frame_indices(videos.shape[1], frames_to_judge)
-    frames = videos[:, frame_index]  # (n, k, h, w, 3)
-    n, k = frames.shape[:2]
+    frames, k = _judged_frames(videos, frames_to_judge)
     per_frame_samples = [s for s in samples for _ in range(k)]
-    per_frame = judge_images(judge, frames.reshape(n * k, *frames.shape[2:]), per_frame_samples)
-    return per_frame.reshape(n, k).any(axis=1)
+    per_frame = judge_images(judge, frames, per_frame_samples)
+    return per_frame.reshape(len(videos), k).any(axis=1)
 
 
 def concepts_seen(judge: Judge, videos: np.ndarray, frames_to_judge: int) -> list[tuple[str, ...]] | None:
@@ -93,12 +97,11 @@ def concepts_seen(judge: Judge, videos: np.ndarray, frames_to_judge: int) -> lis
 
     None when the judge cannot list concepts (`Judge.detect_all` returns None).
     """
-    frame_index = sample_frame_indices(videos.shape[1], frames_to_judge)
-    frames = videos[:, frame_index]
-    n, k = frames.shape[:2]
-    detected = judge.detect_all(frames.reshape(n * k, *frames.shape[2:]))
+    frames, k = _judged_frames(videos, frames_to_judge)
+    detected = judge.detect_all(frames)
     if detected is None:
         return None
+    n = len(videos)
     in_any_frame = {key: hits.reshape(n, k).any(axis=1) for key, hits in detected.items()}
     return [tuple(sorted(key for key, hits in in_any_frame.items() if hits[i])) for i in range(n)]
 
