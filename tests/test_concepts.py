@@ -83,7 +83,7 @@ def test_preserve_prompt_without_probe_rejected():
 
 @pytest.mark.parametrize("name", ALL_CONCEPTS)
 def test_preserve_prompts_name_their_concept(name):
-    # The toy world's caption parser lists the concepts a prompt names; each preservation prompt
+    # The toy world's caption parser lists the concepts a prompt names. Each preservation prompt
     # must name the concept it watches, or its rate measures nothing.
     from t2v_unlearn.toyworld.grammar import parse_caption
 

@@ -67,7 +67,7 @@ def _videos(frame_values):
 
 
 def test_concepts_seen_in_any_judged_frame():
-    # Five frames judged out of nine: 0, 2, 4, 6, 8. Frame 1 is never looked at.
+    # Five frames judged out of nine: 0, 2, 4, 6, 8. Frame 1 is never judged.
     videos = _videos([[0, 255, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 255, 0, 0, 0, 0], [255] * 9])
     assert concepts_seen(_BrightnessJudge(), videos, frames_to_judge=5) == [
         ("dark",), ("bright", "dark"), ("bright",)]

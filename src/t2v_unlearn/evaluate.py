@@ -48,8 +48,8 @@ class PhaseOutputs:
     clip_by_sample: np.ndarray | None = None  # (n_samples,), NaN outside the target group
     # (n_samples,) bool: taken over from an earlier phase instead of generated again.
     reused: np.ndarray | None = None
-    # Per sample, the concept keys that the judge finds in the video (in any judged frame, the rule
-    # of `judge_videos`); None when the judge has no fixed concept list (`Judge.detect_all`).
+    # Per sample, the concept keys that the judge finds in any judged frame of the video, the rule of
+    # `judge_videos`. None when the judge has no fixed concept list (`Judge.detect_all`).
     video_seen: list[tuple[str, ...]] | None = None
 
 
@@ -107,7 +107,7 @@ def concepts_seen(judge: Judge, videos: np.ndarray, frames_to_judge: int) -> lis
 
 
 def seen_shares(outputs: PhaseOutputs, samples: list[EvalItem], group: str = "target") -> dict[str, float]:
-    """Return the share of `group`'s videos in which each concept was seen; empty without records."""
+    """Return the share of `group`'s videos in which each concept was seen, or {} without records."""
     index = [i for i, s in enumerate(samples) if s.group == group]
     if outputs.video_seen is None or not index:
         return {}

@@ -257,7 +257,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
                           default_root_dir=str(out_dir))
     # The noise, timesteps and batch order of unlearning come from the global generators. Loading
     # models initialises weights from them (the backend, the judge, the CLIP scorer only when
-    # eval.clip_similarity is true), so seed again here: the unlearned encoder then depends on the
+    # eval.clip_similarity is true), so seed again here. The unlearned encoder then depends on the
     # seed and the training settings, not on which evaluation ran before.
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer.fit(module, datamodule=UnlearningDataModule(dataset, batch_size=int(cfg.batch_size)))

@@ -34,8 +34,8 @@ class Judge(ABC):
     def detect_all(self, images: np.ndarray) -> dict[str, np.ndarray] | None:
         """Return `{concept key: bool (n,)}` for every concept on the judge's list, or None.
 
-        Judges with a fixed concept list (the toy world's detector) override this; the evaluation
-        then records which concepts a video shows besides the watched one. None means the judge
-        can only answer for a given concept.
+        Judges with a fixed concept list (the toy world's detector) override this, and the
+        evaluation then records which concepts a video shows besides the watched one. None means
+        the judge decides only on the concept it is given.
         """
         return None

@@ -33,7 +33,7 @@ logger = logging.getLogger("t2v_unlearn.toyworld.gates")
 GATES = {"detector_accuracy": 0.98, "named_detected": 0.90, "unnamed_detected": 0.05}
 # A concept named in three prompts gets 3 x video_seeds videos. With 2 seeds one miss among its 6
 # videos gave 0.833, under the 0.90 gate, while 16 image seeds per prompt put the same concept at
-# 0.917; 4 seeds need 11 of 12.
+# 0.917. With 4 seeds it needs 11 of 12.
 SAMPLES = {"heldout_renders": 3000, "image_seeds": 8, "video_seeds": 4, "heldout_seed": 10_000_019}
 QUICK_SAMPLES = {"heldout_renders": 300, "image_seeds": 1, "video_seeds": 1, "heldout_seed": 10_000_019}
 # The model card's last section; `replace_card_gates` rewrites it from here on.
