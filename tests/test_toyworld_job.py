@@ -27,9 +27,12 @@ def test_default_job_erases_eiffel_keeps_others(tmp_path):
     assert metrics["video/unrelated_rate_after"] >= 0.9 * metrics["video/unrelated_rate_before"]
     assert metrics["video/other_rate_after"] >= 0.9 * metrics["video/other_rate_before"]
     assert metrics["clip/target_similarity_after"] < metrics["clip/target_similarity_before"]
-    # The paraphrase prompts ("the iron lattice tower in Paris") show the tower before unlearning.
-    assert metrics["video/paraphrase_rate_before"] >= 0.75
-    assert metrics["video/paraphrase_rate_after"] is not None
+    # The erasing run moved the target prompts' hidden states by most of their norm (0.89 measured),
+    # the other prompts much less: only the Tokyo Tower prompt shares a trained token.
+    assert metrics["encoder/hidden_change_target"] > 0.5
+    assert metrics["encoder/hidden_change_other"] < 0.5 * metrics["encoder/hidden_change_target"]
+    # Paraphrase prompts are opt-in (eval.paraphrases), so the default job renders none.
+    assert metrics["video/paraphrase_rate_before"] is None
     # Only the rows of "eiffel" and "tower" changed, so the prompts without those tokens read as
     # before, and their samples were copied from the first phase instead of rendered again.
     from transformers import CLIPTokenizer
@@ -53,8 +56,17 @@ def test_default_job_erases_eiffel_keeps_others(tmp_path):
 def test_published_lr_leaves_eiffel(tmp_path):
     out = tmp_path / "run"
     train_cli(["concept=eiffel", "shots=2", "method=paper", "optim.lr=1e-5", "logger=none", "eval.images=false",
-               "eval.clip_similarity=false", "eval.seeds_per_prompt=1", f"hydra.run.dir={out}"], tmp_path, timeout=900)
+               "eval.clip_similarity=false", "eval.seeds_per_prompt=1", "eval.paraphrases=true",
+               f"hydra.run.dir={out}"], tmp_path, timeout=900)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["video/target_rate_after"] >= 0.75
+    # Named as "the iron lattice tower in Paris", the tower is there before and stays.
+    assert metrics["video/paraphrase_rate_before"] >= 0.75
+    assert metrics["video/paraphrase_rate_after"] >= 0.75
+    # Why nothing went: Adam moves each parameter by about lr per step, 5e-5 in all here, and the
+    # target prompts' hidden states moved by about 1% (0.010 measured; an erasing run moves them ~0.9).
+    assert 0 < metrics["encoder/param_max_abs_change"] < 2 * 5 * 1e-5
+    assert metrics["encoder/hidden_change_target"] < 0.05
+    assert metrics["encoder/hidden_change_paraphrase"] < 0.05
     # The whole encoder moved, so every prompt was rendered again.
     assert metrics["eval/after_samples_reused"] == 0

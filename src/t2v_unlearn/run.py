@@ -33,6 +33,7 @@ from t2v_unlearn.evaluate import (
     seen_in_target_metrics,
     unchanged_prompts,
 )
+from t2v_unlearn.encoder_change import EncoderSnapshot
 from t2v_unlearn.export import BASE_FINGERPRINT_KEY, SaveTextEncoderEachEpoch, save_text_encoder
 from t2v_unlearn.fewshot import collect_fewshot
 from t2v_unlearn.hydra_callbacks import FINISHED_MARKER, check_run_dir
@@ -206,6 +207,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     # 3. Unlearning.
     t0 = time.perf_counter()
+    snapshot = EncoderSnapshot(backend.tokenizer, backend.text_encoder, items)
     latents, concept_index = build_latents(backend, images_by_concept, concepts, int(cfg.shots),
                                            int(cfg.batch_size), int(cfg.seed))
     dataset = LatentPromptDataset(latents, concepts, templates, concept_index)
@@ -282,6 +284,13 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             f"(now {cfg.optim.lr}) or use method=retain, then run again in a new folder."
         )
 
+    try:
+        change = snapshot.change_metrics(module.text_encoder)
+    except ValueError as error:
+        log.warning("Not measuring how far the encoder moved: %s", error)
+        change = {}
+    del snapshot
+
     # 4. The same prompts and seeds with the unlearned encoder.
     t0 = time.perf_counter()
     reusable = frozenset()
@@ -303,6 +312,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "train/epochs_run": int(trainer.current_epoch),
         "train/early_stopped_epoch": early_stopping.stopped_epoch if early_stopping else None,
     })
+    metrics.update(change)
     metrics.update(seen_in_target_metrics(before, after, samples))
     write_json_atomic(out_dir / "eval_samples.json", per_sample_records(samples, seeds, before, after))
     if logger is not None:
