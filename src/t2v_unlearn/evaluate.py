@@ -197,6 +197,7 @@ def run_phase(
     settings: EvalSettings,
     reuse_from: PhaseOutputs | None = None,
     reusable_prompts: frozenset[str] = frozenset(),
+    cache=None,
 ) -> PhaseOutputs:
     """Generate, save and judge the videos and images of every evaluation prompt with one encoder.
 
@@ -204,7 +205,8 @@ def run_phase(
     with the same items and settings): their files are copied and their decisions kept. The caller
     passes only prompts that `text_encoder` encodes bit for bit as the earlier phase's encoder did
     (`unchanged_prompts`), with the UNet, VAE and seeds the same, so generating them again would
-    give the same videos and images.
+    give the same videos and images. The other samples are rendered through `cache` (a
+    `sample_cache.SampleCache`) when one is given, so a sample an earlier run rendered is read back.
     """
     out_dir = Path(out_dir)
     samples, seeds = expand(items, settings)
@@ -222,8 +224,11 @@ def run_phase(
     if settings.videos:
         videos = None
         if len(todo):
-            videos = backend.generate_videos(todo_prompts, todo_seeds, text_encoder=text_encoder,
-                                             desc=f"videos {phase}")
+            if cache is not None:
+                videos = cache.render("video", todo_prompts, todo_seeds, text_encoder, desc=f"videos {phase}")
+            else:
+                videos = backend.generate_videos(todo_prompts, todo_seeds, text_encoder=text_encoder,
+                                                 desc=f"videos {phase}")
         generated = dict(zip(todo.tolist(), videos if videos is not None else []))
         for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
             stem = f"{i:03d}_{_slug(prompt)}_seed{seed}"
@@ -254,8 +259,11 @@ def run_phase(
     if settings.images:
         new_images = None
         if len(todo):
-            new_images = backend.generate_images(todo_prompts, todo_seeds, text_encoder=text_encoder,
-                                                 desc=f"images {phase}")
+            if cache is not None:
+                new_images = cache.render("image", todo_prompts, todo_seeds, text_encoder, desc=f"images {phase}")
+            else:
+                new_images = backend.generate_images(todo_prompts, todo_seeds, text_encoder=text_encoder,
+                                                     desc=f"images {phase}")
         reference = new_images if new_images is not None else reuse_from.images
         images = np.zeros((len(samples), *reference.shape[1:]), dtype=reference.dtype)
         image_present = np.zeros(len(samples), dtype=bool)

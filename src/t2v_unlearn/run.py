@@ -38,6 +38,7 @@ from t2v_unlearn.export import BASE_FINGERPRINT_KEY, SaveTextEncoderEachEpoch, s
 from t2v_unlearn.fewshot import collect_fewshot
 from t2v_unlearn.hydra_callbacks import FINISHED_MARKER, check_run_dir
 from t2v_unlearn.io import write_json_atomic
+from t2v_unlearn.sample_cache import SampleCache
 from t2v_unlearn.judges.clip import clip_scorer_for
 from t2v_unlearn.tracking import finish, log_media, log_metrics
 from t2v_unlearn.unlearn import (
@@ -189,7 +190,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     # 2. Videos and images of the original model, before the encoder changes in place.
     settings = EvalSettings(**{k: v for k, v in cfg.eval.items()
-                               if k not in ("clip_similarity", "prompts_per_group", "paraphrases", "reuse_unchanged")})
+                               if k not in ("clip_similarity", "prompts_per_group", "paraphrases", "reuse_unchanged",
+                                            "cache_samples")})
     items = evaluation_items(concepts, cfg.eval.prompts_per_group, bool(cfg.eval.paraphrases))
     samples, seeds = expand(items, settings)
     t0 = time.perf_counter()
@@ -202,7 +204,10 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     shared = guidance_texts(backend)
     texts = prompts + shared
     digests_before = encoder_digests(backend.tokenizer, backend.text_encoder, texts) if reuse else {}
-    before = run_phase("before", backend, judge, scorer, items, backend.text_encoder, out_dir, settings)
+    # The same exclusion as above: a post-processing stage is not covered by the cache key.
+    cache = (SampleCache(Path(cfg.cache_dir) / "samples", backend)
+             if cfg.eval.cache_samples and cfg.cache_dir and backend.video_postprocess is None else None)
+    before = run_phase("before", backend, judge, scorer, items, backend.text_encoder, out_dir, settings, cache=cache)
     eval_s = time.perf_counter() - t0
 
     # 3. Unlearning.
@@ -298,7 +303,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         digests_after = encoder_digests(backend.tokenizer, module.text_encoder, texts)
         reusable = unchanged_prompts(digests_before, digests_after, prompts, shared)
     after = run_phase("after", backend, judge, scorer, items, module.text_encoder, out_dir, settings,
-                      reuse_from=before, reusable_prompts=reusable)
+                      reuse_from=before, reusable_prompts=reusable, cache=cache)
     eval_s += time.perf_counter() - t0
 
     metrics = {**phase_metrics("before", before, samples), **phase_metrics("after", after, samples)}
@@ -308,6 +313,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "time/eval_s": eval_s,
         "time/total_s": time.perf_counter() - start,
         "eval/after_samples_reused": int(after.reused.sum()),
+        "eval/samples_from_cache": cache.hits if cache is not None else 0,
         "train/optimizer_steps": module.applied_steps,
         "train/epochs_run": int(trainer.current_epoch),
         "train/early_stopped_epoch": early_stopping.stopped_epoch if early_stopping else None,
