@@ -5,7 +5,7 @@ import pytest
 from t2v_unlearn.analysis.locality import collect_runs, main, mark_pareto_front
 
 
-def make_run(root, name, concept, lr, target, other, extra="", backend="toyworld", paraphrase=None):
+def make_run(root, name, concept, lr, target, other, extra="", backend="toyworld", paraphrase=None, change=None):
     folder = root / name
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(f"- concept={concept}\n- optim.lr={lr}\n- logger=none\n{extra}")
@@ -18,6 +18,8 @@ def make_run(root, name, concept, lr, target, other, extra="", backend="toyworld
                "video/target_rate_before": 1.0, "video/other_rate_before": 1.0}
     if paraphrase is not None:
         metrics.update({"video/paraphrase_rate_before": 1.0, "video/paraphrase_rate_after": paraphrase})
+    if change is not None:
+        metrics.update({"encoder/hidden_change_target": change[0], "encoder/hidden_change_other": change[1]})
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -65,3 +67,13 @@ def test_report_adds_paraphrase_columns(tmp_path):
 def test_missing_sweep_folder_is_named(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "report")])
+
+
+def test_report_adds_encoder_change_columns(tmp_path):
+    make_run(tmp_path / "sweep", "0", "eiffel", 1e-5, 1.0, 1.0, change=(0.0101, 0.00577))
+    make_run(tmp_path / "sweep", "1", "eiffel", 1e-3, 0.0, 0.3)   # a run from before the encoder metrics
+    main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report")])
+    table = (tmp_path / "report" / "locality.md").read_text()
+    assert "| hidden change target | hidden change other | Pareto |" in table
+    assert "| 1.00 | 1.00 | 1.00 | 1.00 | 0.0101 | 0.00577 | yes |" in table
+    assert "| 1.00 | 0.00 | 1.00 | 0.30 |  |  | yes |" in table

@@ -42,6 +42,9 @@ class SweepRun:
     # The target named by a paraphrase (eval.paraphrases); None for runs without paraphrase prompts.
     paraphrase_before: float | None = None
     paraphrase_after: float | None = None
+    # How far the encoder moved (encoder/hidden_change_*); None for runs from before those metrics.
+    hidden_change_target: float | None = None
+    hidden_change_other: float | None = None
     pareto: bool = False
 
     @property
@@ -87,6 +90,8 @@ def collect_runs(root: str | Path) -> list[SweepRun]:
             steps=provenance.get("optimizer_steps", metrics.get("train/optimizer_steps")),
             paraphrase_before=metrics.get("video/paraphrase_rate_before"),
             paraphrase_after=metrics.get("video/paraphrase_rate_after"),
+            hidden_change_target=metrics.get("encoder/hidden_change_target"),
+            hidden_change_other=metrics.get("encoder/hidden_change_other"),
         ))
     return runs
 
@@ -109,6 +114,10 @@ def _setting(value) -> str:
 
 def _rate(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
+
+
+def _change(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
 
 
 def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None = None) -> Path:
@@ -134,6 +143,8 @@ def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None 
     header = ["concepts (model)", "method", "lr", "retain weight", "steps", *swept_keys, "target before",
               "target after", "other before", "other after"]
     header += ["paraphrase before", "paraphrase after"] if with_paraphrases else []
+    with_change = any(r.hidden_change_target is not None for r in runs)
+    header += ["hidden change target", "hidden change other"] if with_change else []
     header += ["Pareto"]
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for run in sorted(runs, key=lambda r: (r.group, r.target_after, -r.other_after)):
@@ -143,6 +154,8 @@ def write_report(runs: list[SweepRun], out_dir: str | Path, command: str | None 
                  f"{run.other_after:.2f}"]
         if with_paraphrases:
             cells += [_rate(run.paraphrase_before), _rate(run.paraphrase_after)]
+        if with_change:
+            cells += [_change(run.hidden_change_target), _change(run.hidden_change_other)]
         cells.append("yes" if run.pareto else "")
         lines.append("| " + " | ".join(cells) + " |")
     (out_dir / "locality.md").write_text("\n".join(lines) + "\n")
