@@ -49,8 +49,8 @@ def main() -> None:
               f"{metrics['video/target_rate_after']:.2f} after; other concepts "
               f"{metrics['video/other_rate_before']:.2f} before, {metrics['video/other_rate_after']:.2f} after")
         wall, metrics = run_job(Path(tmp), "second", ["seed=1"])
-        print(f"the same job with seed=1 after it (a sweep's second run): {metrics['eval/samples_from_cache']} "
-              f"samples from the cache")
+        print(f"the same job with seed=1 after it (a sweep's second run): {metrics['eval/videos_from_cache']} "
+              f"videos and {metrics['eval/images_from_cache']} images from the cache")
         print(f"  time/eval_s      {metrics['time/eval_s']:7.1f} s")
         print(f"  wall clock       {wall:7.1f} s including start-up")
 

@@ -67,3 +67,9 @@ def test_renamed_parameters_are_refused(encoder_and_tokenizer):
     wrapped.forward = encoder.forward
     with pytest.raises(ValueError, match="parameter names changed"):
         snapshot.change_metrics(wrapped)
+
+
+def test_no_prompts_measures_parameters_only(encoder_and_tokenizer):
+    encoder, tokenizer = encoder_and_tokenizer
+    metrics = EncoderSnapshot(tokenizer, encoder, []).change_metrics(encoder)
+    assert metrics == {"encoder/param_change": 0.0, "encoder/param_max_abs_change": 0.0}

@@ -1,6 +1,9 @@
 """The disk cache of rendered evaluation samples: hits, keys and damaged files."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -29,11 +32,12 @@ def _count_calls(backend, monkeypatch):
 @pytest.mark.parametrize("kind", ["video", "image"])
 def test_second_render_reads_the_first(tiny_backend, tmp_path, monkeypatch, kind):
     calls = _count_calls(tiny_backend, monkeypatch)
-    first = SampleCache(tmp_path, tiny_backend).render(kind, PROMPTS, SEEDS)
+    first, from_cache = SampleCache(tmp_path, tiny_backend).render(kind, PROMPTS, SEEDS)
+    assert not from_cache.any()
     cache = SampleCache(tmp_path, tiny_backend)
-    second = cache.render(kind, PROMPTS, SEEDS)
+    second, from_cache = cache.render(kind, PROMPTS, SEEDS)
     assert calls[kind] == 2
-    assert (cache.hits, cache.misses) == (2, 0)
+    assert from_cache.all() and (cache.hits[kind], cache.misses[kind]) == (2, 0)
     np.testing.assert_array_equal(first, second)
     # A read-back sample is the one rendering gives, bit for bit.
     fresh = (tiny_backend.generate_videos if kind == "video" else tiny_backend.generate_images)(PROMPTS, SEEDS)
@@ -69,16 +73,85 @@ def test_changed_unet_misses(tiny_backend, tmp_path):
     assert not set(SampleCache(tmp_path, tiny_backend).keys("video", PROMPTS, SEEDS, tiny_backend.text_encoder)) & set(base)
 
 
-def test_damaged_file_is_rendered_again(tiny_backend, tmp_path, caplog):
+@pytest.mark.parametrize("content", [b"not an array", b"", b"PK\x05\x06" + bytes(18)], ids=["text", "empty", "zip"])
+def test_damaged_file_is_rendered_again(tiny_backend, tmp_path, caplog, content):
     cache = SampleCache(tmp_path, tiny_backend)
-    first = cache.render("image", PROMPTS, SEEDS)
+    first, _ = cache.render("image", PROMPTS, SEEDS)
     damaged = cache._path(cache.keys("image", PROMPTS, SEEDS, tiny_backend.text_encoder)[0])
-    damaged.write_bytes(b"not an array")
-    second = cache.render("image", PROMPTS, SEEDS)
-    assert (cache.hits, cache.misses) == (1, 3)
-    assert "unreadable cached sample" in caplog.text
+    damaged.write_bytes(content)
+    second, from_cache = cache.render("image", PROMPTS, SEEDS)
+    assert from_cache.tolist() == [False, True]
+    assert (cache.hits["image"], cache.misses["image"]) == (1, 3)
+    assert "cached sample" in caplog.text
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(np.load(damaged), first[0])
+
+
+def test_failed_write_keeps_the_run_going(tiny_backend, tmp_path, monkeypatch, caplog):
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    images, from_cache = SampleCache(tmp_path, tiny_backend).render("image", PROMPTS, SEEDS)
+    assert images.shape[0] == 2 and not from_cache.any()
+    assert "No space left on device" in caplog.text
+    assert not list(tmp_path.rglob("*.npy"))
+
+
+def test_store_false_reads_but_does_not_write(tiny_backend, tmp_path):
+    cache = SampleCache(tmp_path, tiny_backend)
+    cache.render("image", PROMPTS[:1], SEEDS[:1])
+    _, from_cache = cache.render("image", PROMPTS, SEEDS, store=False)
+    assert from_cache.tolist() == [True, False]
+    assert len(list(tmp_path.rglob("*.npy"))) == 1
+
+
+def test_weights_changed_in_place_miss(tiny_backend, tmp_path):
+    cache = SampleCache(tmp_path, tiny_backend)
+    cache.render("image", PROMPTS, SEEDS)
+    with torch.no_grad():
+        for p in tiny_backend.image_pipeline.unet.parameters():
+            p.mul_(0.5)
+    _, from_cache = cache.render("image", PROMPTS, SEEDS)
+    assert not from_cache.any()
+
+
+def test_module_config_is_in_the_key(tiny_backend, tmp_path):
+    base = SampleCache(tmp_path, tiny_backend).keys("image", PROMPTS, SEEDS, tiny_backend.text_encoder)
+    # Same weights, another scaling factor: the latents are decoded differently.
+    tiny_backend.image_pipeline.vae.register_to_config(scaling_factor=0.5)
+    assert not set(SampleCache(tmp_path, tiny_backend).keys("image", PROMPTS, SEEDS, tiny_backend.text_encoder)) & set(base)
+
+
+def test_mismatched_input_is_refused(tiny_backend, tmp_path):
+    cache = SampleCache(tmp_path, tiny_backend)
+    with pytest.raises(ValueError, match="2 prompts and 1 seeds"):
+        cache.render("image", PROMPTS, SEEDS[:1])
+    with pytest.raises(ValueError, match="at least one prompt"):
+        cache.render("image", [], [])
+
+
+KEY_SCRIPT = """
+import sys
+from t2v_unlearn.backends.tiny import build_tiny_animatediff_backend
+from t2v_unlearn.sample_cache import SampleCache
+backend = build_tiny_animatediff_backend(seed=0, num_inference_steps=2)
+cache = SampleCache(sys.argv[1], backend)
+for kind in ("image", "video"):
+    print(cache.keys(kind, ["a photo of the Eiffel Tower"], [1], backend.text_encoder)[0])
+"""
+
+
+def test_keys_agree_between_processes(tmp_path):
+    # diffusers keeps a list built from a set in scheduler configs; its order follows the hash seed.
+    outputs = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        result = subprocess.run([sys.executable, "-c", KEY_SCRIPT, str(tmp_path)], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs.append(result.stdout.split())
+    assert len(outputs[0]) == 2 and outputs[0] == outputs[1]
 
 
 def test_post_processing_backend_is_refused(tiny_backend, tmp_path):
@@ -94,8 +167,11 @@ def test_second_job_reads_the_first_jobs_samples(tmp_path):
     samples = json.loads((tmp_path / "first" / "eval_samples.json").read_text())
     # Every "before" video and image of the second run comes from the cache; the changed encoder
     # reads every prompt differently, so all "after" samples are rendered (with the other seed).
-    assert first["eval/samples_from_cache"] == 0
-    assert second["eval/samples_from_cache"] == 2 * len(samples)
+    assert first["eval/videos_from_cache"] == first["eval/images_from_cache"] == 0
+    assert second["eval/videos_from_cache"] == second["eval/images_from_cache"] == len(samples)
+    again_samples = json.loads((tmp_path / "second" / "eval_samples.json").read_text())
+    assert all(record["video_before_from_cache"] for record in again_samples)
+    assert not any(record.get("video_after_from_cache", False) for record in again_samples)
     for key in ("video/target_rate_before", "video/other_rate_before", "image/target_rate_before"):
         assert second[key] == first[key], key
     before = sorted((tmp_path / "first" / "videos" / "before").glob("*.png"))

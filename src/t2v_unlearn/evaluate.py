@@ -51,6 +51,9 @@ class PhaseOutputs:
     # Per sample, the concept keys that the judge finds in any judged frame of the video, the rule of
     # `judge_videos`. None when the judge has no fixed concept list (`Judge.detect_all`).
     video_seen: list[tuple[str, ...]] | None = None
+    # (n_samples,) bool: read from the sample cache (`sample_cache.SampleCache`) instead of rendered.
+    video_from_cache: np.ndarray | None = None
+    image_from_cache: np.ndarray | None = None
 
 
 def expand(items: list[EvalItem], settings: EvalSettings) -> tuple[list[EvalItem], list[int]]:
@@ -207,6 +210,7 @@ def run_phase(
     (`unchanged_prompts`), with the UNet, VAE and seeds the same, so generating them again would
     give the same videos and images. The other samples are rendered through `cache` (a
     `sample_cache.SampleCache`) when one is given, so a sample an earlier run rendered is read back.
+    Only the first phase (no `reuse_from`) stores its samples there: those are what other runs share.
     """
     out_dir = Path(out_dir)
     samples, seeds = expand(items, settings)
@@ -220,12 +224,16 @@ def run_phase(
     video_paths: list[Path] = []
     grid_paths: list[Path] = []
     image_grid_path = None
+    video_from_cache = np.zeros(len(samples), dtype=bool)
+    image_from_cache = np.zeros(len(samples), dtype=bool)
 
     if settings.videos:
         videos = None
         if len(todo):
             if cache is not None:
-                videos = cache.render("video", todo_prompts, todo_seeds, text_encoder, desc=f"videos {phase}")
+                videos, from_cache = cache.render("video", todo_prompts, todo_seeds, text_encoder,
+                                                  desc=f"videos {phase}", store=reuse_from is None)
+                video_from_cache[todo] = from_cache
             else:
                 videos = backend.generate_videos(todo_prompts, todo_seeds, text_encoder=text_encoder,
                                                  desc=f"videos {phase}")
@@ -260,7 +268,9 @@ def run_phase(
         new_images = None
         if len(todo):
             if cache is not None:
-                new_images = cache.render("image", todo_prompts, todo_seeds, text_encoder, desc=f"images {phase}")
+                new_images, from_cache = cache.render("image", todo_prompts, todo_seeds, text_encoder,
+                                                      desc=f"images {phase}", store=reuse_from is None)
+                image_from_cache[todo] = from_cache
             else:
                 new_images = backend.generate_images(todo_prompts, todo_seeds, text_encoder=text_encoder,
                                                      desc=f"images {phase}")
@@ -280,7 +290,9 @@ def run_phase(
         log.info("%s: %d of %d samples taken over from the earlier phase (their prompts are encoded "
                  "as before)", phase, int(reused.sum()), len(samples))
     return PhaseOutputs(video_present, image_present, clip_similarity, video_paths, grid_paths, image_grid_path,
-                        images=images, clip_by_sample=clip_by_sample, reused=reused, video_seen=video_seen)
+                        images=images, clip_by_sample=clip_by_sample, reused=reused, video_seen=video_seen,
+                        video_from_cache=video_from_cache if settings.videos else None,
+                        image_from_cache=image_from_cache if settings.images else None)
 
 
 def _seen_per_sample(judge: Judge, videos: np.ndarray | None, todo: np.ndarray, reused: np.ndarray,
@@ -368,5 +380,7 @@ def per_sample_records(samples: list[EvalItem], seeds: list[int], before: PhaseO
                 record[f"image_{name}"] = bool(phase.image_present[i])
             if phase.reused is not None and phase.reused.any():
                 record[f"{name}_copied_from_before"] = bool(phase.reused[i])
+            if phase.video_from_cache is not None and phase.video_from_cache.any():
+                record[f"video_{name}_from_cache"] = bool(phase.video_from_cache[i])
         records.append(record)
     return records

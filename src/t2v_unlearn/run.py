@@ -291,7 +291,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     try:
         change = snapshot.change_metrics(module.text_encoder)
-    except ValueError as error:
+    except (ValueError, RuntimeError) as error:  # renamed parameters (FSDP), out of memory
         log.warning("Not measuring how far the encoder moved: %s", error)
         change = {}
     del snapshot
@@ -313,7 +313,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         "time/eval_s": eval_s,
         "time/total_s": time.perf_counter() - start,
         "eval/after_samples_reused": int(after.reused.sum()),
-        "eval/samples_from_cache": cache.hits if cache is not None else 0,
+        "eval/videos_from_cache": cache.hits["video"] if cache is not None else 0,
+        "eval/images_from_cache": cache.hits["image"] if cache is not None else 0,
         "train/optimizer_steps": module.applied_steps,
         "train/epochs_run": int(trainer.current_epoch),
         "train/early_stopped_epoch": early_stopping.stopped_epoch if early_stopping else None,
