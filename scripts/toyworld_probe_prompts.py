@@ -4,7 +4,7 @@
         --prompt "a butterfly flying on Tokyo Tower" --prompt "a photo of Tokyo Tower" [--seeds 4]
 
 The main job judges its fixed evaluation prompts, and the retain term of some methods trains on the
-preservation prompts among them. This script asks the same question on prompts the job never saw:
+preservation prompts among them. This script measures the same on prompts the job never saw:
 for each prompt it renders `--seeds` videos (evaluation seeds 1000, 1001, ...) with the original
 encoder and with RUN_DIR/text_encoder, and prints in how many the toy world's detector finds the
 concept (5 judged frames, any of them, as in the job). The run must come from the toy world with
