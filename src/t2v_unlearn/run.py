@@ -22,6 +22,7 @@ from t2v_unlearn.backends.upscaler import check_upscaler_concepts
 from t2v_unlearn.concepts import PromptTemplates, evaluation_items, load_concepts
 from t2v_unlearn.data import LatentPromptDataset, UnlearningDataModule, encode_images, random_latents
 from t2v_unlearn.early_stopping import JudgeEarlyStopping
+from t2v_unlearn.encoder_change import EncoderSnapshot
 from t2v_unlearn.evaluate import (
     EvalSettings,
     encoder_digests,
@@ -33,13 +34,12 @@ from t2v_unlearn.evaluate import (
     seen_in_target_metrics,
     unchanged_prompts,
 )
-from t2v_unlearn.encoder_change import EncoderSnapshot
 from t2v_unlearn.export import BASE_FINGERPRINT_KEY, SaveTextEncoderEachEpoch, save_text_encoder
 from t2v_unlearn.fewshot import collect_fewshot
 from t2v_unlearn.hydra_callbacks import FINISHED_MARKER, check_run_dir
 from t2v_unlearn.io import write_json_atomic
-from t2v_unlearn.sample_cache import SampleCache
 from t2v_unlearn.judges.clip import clip_scorer_for
+from t2v_unlearn.sample_cache import SampleCache
 from t2v_unlearn.tracking import finish, log_media, log_metrics
 from t2v_unlearn.unlearn import (
     RETAIN_SPACES,
