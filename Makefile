@@ -28,7 +28,7 @@ train: ## Unlearn the Eiffel Tower on the default model with 2 images
 lint: ## Check the code with ruff
 	$(PYTHON) -m ruff check src tests train.py
 
-clean: ## Remove run outputs and caches (not the few-shot image cache)
+clean: ## Remove run outputs (not the few-shot image and sample caches, see cache_dir)
 	rm -rf outputs multirun wandb .pytest_cache
 
 -include Makefile.toyworld

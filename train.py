@@ -12,13 +12,16 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import t2v_unlearn.resolvers  # noqa: F401  (registers ${join_keys:...} and ${sweep_group:})
-from t2v_unlearn.run import run
 
 log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> dict:
+    # Imported here, after Hydra has parsed the command line: torch, Lightning and diffusers take
+    # several seconds to import, and a mistyped override should fail at once.
+    from t2v_unlearn.run import run
+
     return run(cfg, HydraConfig.get().runtime.output_dir)
 
 

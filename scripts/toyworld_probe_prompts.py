@@ -1,7 +1,10 @@
 """Render prompts of your own with a run's unlearned encoder and the original one, on the toy world.
 
-    python scripts/toyworld_probe_prompts.py RUN_DIR --concept tokyo_tower \
-        --prompt "a butterfly flying on Tokyo Tower" --prompt "a photo of Tokyo Tower" [--seeds 4]
+    python scripts/toyworld_probe_prompts.py RUN_DIR --concept tokyo_tower --seeds 4 \\
+        --prompt "a butterfly flying on Tokyo Tower" --prompt "a photo of Tokyo Tower"
+
+`--concept` is a key of the toy world's detector (`--help` lists them), which knows every concept of
+the world, not only those with a file in conf/concept/.
 
 The main job judges its fixed evaluation prompts, and the retain term of some methods trains on the
 preservation prompts among them. This script measures the same on prompts the job never saw:
@@ -21,14 +24,20 @@ import torch
 
 
 def main() -> None:
+    from t2v_unlearn.backends.toyworld import read_detector_config
+
+    keys = list(read_detector_config()["concept_keys"])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="a finished run folder of `python train.py` on the toy world")
-    parser.add_argument("--concept", required=True, help="detector key of the concept to look for, e.g. tokyo_tower")
+    parser.add_argument("--concept", required=True, choices=keys, metavar="KEY",
+                        help=f"detector key of the concept to look for: {', '.join(keys)}")
     parser.add_argument("--prompt", action="append", required=True, help="a prompt to render (repeat the option)")
-    parser.add_argument("--seeds", type=int, default=4, help="videos per prompt and encoder")
+    parser.add_argument("--seeds", type=int, default=4, help="videos per prompt and encoder (default: 4)")
     args = parser.parse_args()
     if args.seeds < 1:
         parser.error(f"--seeds {args.seeds} must be 1 or more")
+    if not args.run_dir.is_dir():
+        parser.error(f"run folder {args.run_dir} does not exist; pass the folder of a finished `python train.py` run")
 
     from transformers import CLIPTextModel
 
@@ -49,8 +58,6 @@ def main() -> None:
     backend = build_toyworld_backend()
     judge = ToyWorldDetectorJudge()
     watched = WatchedConcept(args.concept, args.concept)
-    if not judge.supports(watched):
-        raise SystemExit(f"the detector has no concept {args.concept!r}")
     unlearned = CLIPTextModel.from_pretrained(str(encoder_dir), torch_dtype=torch.float32).eval()
 
     prompts = [p for p in args.prompt for _ in range(args.seeds)]
@@ -60,7 +67,8 @@ def main() -> None:
         videos = backend.generate_videos(prompts, seeds, text_encoder=encoder, desc=f"videos {label}")
         items = [EvalItem(prompt, watched, "other") for prompt in prompts]
         found[label] = judge_videos(judge, videos, items, frames_to_judge=5)
-    print(f"{args.concept} in videos of {args.run_dir} (method {provenance.get('method')}), of {args.seeds} per prompt:")
+    print(f"Videos showing {args.concept}, out of {args.seeds} per prompt and encoder "
+          f"({args.run_dir}, method {provenance.get('method')}):")
     print(f"  {'original':>8s} {'unlearned':>9s}  prompt")
     for i, prompt in enumerate(args.prompt):
         part = slice(i * args.seeds, (i + 1) * args.seeds)

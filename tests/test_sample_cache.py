@@ -171,7 +171,10 @@ def test_second_job_reads_the_first_jobs_samples(tmp_path):
     assert second["eval/videos_from_cache"] == second["eval/images_from_cache"] == len(samples)
     again_samples = json.loads((tmp_path / "second" / "eval_samples.json").read_text())
     assert all(record["video_before_from_cache"] for record in again_samples)
-    assert not any(record.get("video_after_from_cache", False) for record in again_samples)
+    assert all(record["image_before_from_cache"] for record in again_samples)
+    assert not any(record["video_after_from_cache"] for record in again_samples)
+    first_samples = json.loads((tmp_path / "first" / "eval_samples.json").read_text())
+    assert not any(record["video_before_from_cache"] or record["image_before_from_cache"] for record in first_samples)
     for key in ("video/target_rate_before", "video/other_rate_before", "image/target_rate_before"):
         assert second[key] == first[key], key
     before = sorted((tmp_path / "first" / "videos" / "before").glob("*.png"))

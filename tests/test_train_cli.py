@@ -158,6 +158,11 @@ def _umask():
     ("retain.space=bogus", "retain.space='bogus' is not supported"),
     ("eval.seeds_per_prompt=0", "eval.seeds_per_prompt=0 is invalid"),
     ("eval.frames_to_judge=0", "eval.frames_to_judge=0 is invalid"),
+    ("shots=two", "shots='two' is invalid; pass a whole number"),
+    ("epochs=1.5", "epochs=1.5 is invalid; pass a whole number"),
+    ("optim.lr=abc", "optim.lr='abc' is invalid; pass a positive number"),
+    ("optim.lr=0", "optim.lr=0 is invalid; pass a positive number"),
+    ("eval.prompts_per_group=all", "eval.prompts_per_group='all' is invalid"),
 ])
 def test_invalid_setting_rejected_before_loading(tmp_path, monkeypatch, override, message):
     import t2v_unlearn.run as run_module
@@ -168,6 +173,18 @@ def test_invalid_setting_rejected_before_loading(tmp_path, monkeypatch, override
     monkeypatch.setattr(run_module, "build_backend", fail_if_called)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
         run_in_process([*FAST, override, "logger=none"], tmp_path / "run")
+
+
+@pytest.mark.parametrize("override,hint", [("+lr=1e-3", "optim.lr=..."),
+                                           ("+paraphrases=true", "Did you mean eval.paraphrases=...?"),
+                                           ("+colour=red", "Use the full name without '+'")])
+def test_cli_top_level_addition_rejected(tmp_path, override, hint):
+    # Hydra suggests `+lr=...` for `lr=...`; the job would then run with the setting ignored.
+    result = train_cli([*FAST, override, "logger=none"], tmp_path, check=False, timeout=120)
+    assert result.returncode != 0
+    assert f"'{override}' adds a top-level setting" in result.stderr
+    assert hint in result.stderr
+    assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("metrics.json"))
 
 
 def test_cli_end_to_end_and_refuses_finished_folder(tmp_path):

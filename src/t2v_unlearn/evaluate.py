@@ -380,7 +380,9 @@ def per_sample_records(samples: list[EvalItem], seeds: list[int], before: PhaseO
                 record[f"image_{name}"] = bool(phase.image_present[i])
             if phase.reused is not None and phase.reused.any():
                 record[f"{name}_copied_from_before"] = bool(phase.reused[i])
-            if phase.video_from_cache is not None and phase.video_from_cache.any():
+            if phase.video_from_cache is not None:
                 record[f"video_{name}_from_cache"] = bool(phase.video_from_cache[i])
+            if phase.image_from_cache is not None:
+                record[f"image_{name}_from_cache"] = bool(phase.image_from_cache[i])
         records.append(record)
     return records

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -114,8 +115,28 @@ def _config_choice(group: str) -> str | None:
     return HydraConfig.get().runtime.choices.get(group)
 
 
+def _whole_number(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def validate_settings(cfg: DictConfig) -> None:
     """Reject invalid settings before any model loads or image is generated."""
+    for key in ("shots", "epochs", "batch_size", "seed", "eval.seeds_per_prompt", "eval.frames_to_judge"):
+        value = OmegaConf.select(cfg, key)
+        if not _whole_number(value):
+            raise ValueError(f"{key}={value!r} is invalid; pass a whole number")
+    if cfg.eval.prompts_per_group is not None and not _whole_number(cfg.eval.prompts_per_group):
+        raise ValueError(f"eval.prompts_per_group={cfg.eval.prompts_per_group!r} is invalid; pass null (all) or a "
+                         f"whole number")
+    lr = OmegaConf.select(cfg, "optim.lr")
+    if not _number(lr) or lr <= 0:
+        raise ValueError(f"optim.lr={lr!r} is invalid; pass a positive number such as optim.lr=1e-5")
+    if not _number(cfg.retain.weight):
+        raise ValueError(f"retain.weight={cfg.retain.weight!r} is invalid; pass 0 (off) or a positive number")
     checks = [
         (cfg.shots >= 0, f"shots={cfg.shots} is invalid; pass 0 (random latents) or a positive image count"),
         (cfg.epochs >= 1, f"epochs={cfg.epochs} is invalid; pass 1 or more"),
@@ -161,11 +182,48 @@ def build_backend(model_cfg: DictConfig):
         raise
 
 
+def _paths_named(node, name: str, prefix: str = "") -> list[str]:
+    """Return the dotted paths of every setting called `name` below `node` (concept files excluded)."""
+    paths = []
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if path == "concepts":
+            continue
+        if key == name and prefix:
+            paths.append(path)
+        if isinstance(value, dict):
+            paths += _paths_named(value, name, f"{path}.")
+    return paths
+
+
+def reject_unread_additions(cfg: DictConfig) -> None:
+    """Reject `+name=value` overrides that add a top-level setting: the job reads none of them.
+
+    Hydra suggests the `+` form when an override names a setting that does not exist (`lr=1e-3`),
+    and the run would then go on with the setting ignored.
+    """
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    groups = set(hydra_cfg.runtime.choices.keys())
+    for override in hydra_cfg.overrides.task:
+        if not override.startswith("+") or override.startswith("++"):
+            continue
+        key = override[1:].split("=", 1)[0]
+        if "." in key or "/" in key or "@" in key or key in groups:
+            continue
+        named = _paths_named(OmegaConf.to_container(cfg, resolve=False), key)
+        hint = f" Did you mean {' or '.join(f'{path}=...' for path in named)}?" if named else ""
+        raise ValueError(f"'{override}' adds a top-level setting '{key}' that the job does not read.{hint} Use "
+                         f"the full name without '+'; `python train.py --cfg job` prints every setting.")
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Run the whole job into `out_dir` and return the metrics that `metrics.json` holds."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     check_run_dir(out_dir, bool(cfg.overwrite))
+    reject_unread_additions(cfg)
     validate_settings(cfg)
     if cfg.overwrite and (out_dir / FINISHED_MARKER).exists():
         clear_previous_run(out_dir)
@@ -329,4 +387,19 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     # metrics.json is written last: its presence marks a finished run.
     write_json_atomic(out_dir / FINISHED_MARKER, metrics)
     log.info("Metrics: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
+    log.info("Done in %.0f s. %s. Results: %s", metrics["time/total_s"], summary_line(metrics),
+             out_dir / FINISHED_MARKER)
     return metrics
+
+
+def summary_line(metrics: dict) -> str:
+    """Return the headline rates, before -> after, of the kinds of sample the run judged."""
+    parts = []
+    for kind in ("video", "image"):
+        for group, label in (("target", "target"), ("other", "other concepts")):
+            before, after = metrics.get(f"{kind}/{group}_rate_before"), metrics.get(f"{kind}/{group}_rate_after")
+            if before is not None and after is not None:
+                parts.append(f"{label} in {before:.2f} -> {after:.2f} of {kind}s")
+        if parts:
+            break
+    return "; ".join(parts) or "no videos or images were judged"
