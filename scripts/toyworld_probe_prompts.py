@@ -3,8 +3,8 @@
     python scripts/toyworld_probe_prompts.py RUN_DIR --concept tokyo_tower --seeds 4 \\
         --prompt "a butterfly flying on Tokyo Tower" --prompt "a photo of Tokyo Tower"
 
-`--concept` is a key of the toy world's detector (`--help` lists them), which knows every concept of
-the world, not only those with a file in conf/concept/.
+`--concept` is a key of the toy world's detector (`--help` lists them). The detector covers every
+concept of the world, not only those with a file in conf/concept/.
 
 The main job judges its fixed evaluation prompts, and the retain term of some methods trains on the
 preservation prompts among them. This script measures the same on prompts the job never saw:
@@ -50,7 +50,8 @@ def main() -> None:
     encoder_dir = args.run_dir / "text_encoder"
     provenance_path = encoder_dir / "unlearning.json"
     if not provenance_path.is_file():
-        raise SystemExit(f"{encoder_dir} holds no unlearned encoder (no unlearning.json); pass a finished run folder")
+        raise SystemExit(f"no unlearned encoder found in {encoder_dir} (unlearning.json is missing); "
+                         f"pass the folder of a finished run")
     provenance = json.loads(provenance_path.read_text())
     if provenance.get("backend") != "toyworld":
         raise SystemExit(f"the run used backend {provenance.get('backend')!r}; this script needs a model=toyworld run")

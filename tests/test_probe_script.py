@@ -38,4 +38,4 @@ def test_probe_rejects_bad_input(tmp_path):
     assert "tokyo_tower" in unknown.stderr  # the valid keys are listed
     not_a_run = probe([str(tmp_path), "--concept", "eiffel", "--prompt", "x"], tmp_path)
     assert not_a_run.returncode != 0
-    assert "no unlearned encoder" in not_a_run.stderr
+    assert "no unlearned encoder found" in not_a_run.stderr
