@@ -16,7 +16,7 @@ install: ## Install the package (editable) with test tools
 	$(PYTHON) -m pip install $(if $(TORCH_SPEC),$(TORCH_SPEC),)
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test: ## Run the default test suite (about 6 minutes on 2 idle CPU cores)
+test: ## Run the default test suite (6 to 7 minutes on 2 idle CPU cores)
 	$(PYTHON) -m pytest
 
 test-slow: ## Run only the slow tests (quality gates, real-size builds)
