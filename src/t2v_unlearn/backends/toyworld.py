@@ -73,8 +73,11 @@ def build_toyworld_backend(weights_dir: str | None = None, device: str = "cpu", 
     dtype = torch.float32
     tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
     text_encoder = CLIPTextModel.from_pretrained(str(root / "text_encoder"), torch_dtype=dtype).to(device).eval()
-    unet = UNet2DConditionModel.from_pretrained(str(root / "unet"), torch_dtype=dtype).to(device).eval()
-    vae = AutoencoderKL.from_pretrained(str(root / "vae"), torch_dtype=dtype).to(device).eval()
+    # The models are a few MB, so diffusers' low-memory loading (which needs `accelerate`, and
+    # warns once per model without it) gains nothing here.
+    unet = UNet2DConditionModel.from_pretrained(str(root / "unet"), torch_dtype=dtype,
+                                                low_cpu_mem_usage=False).to(device).eval()
+    vae = AutoencoderKL.from_pretrained(str(root / "vae"), torch_dtype=dtype, low_cpu_mem_usage=False).to(device).eval()
     noise_scheduler = DDPMScheduler.from_pretrained(str(root / "scheduler"))
     for module in (text_encoder, unet, vae):
         module.requires_grad_(False)
@@ -90,7 +93,8 @@ def build_toyworld_backend(weights_dir: str | None = None, device: str = "cpu", 
         video_pipeline = LaViePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                        unet=load_lavie_video_unet(root, unet), scheduler=_sampling_scheduler(noise_scheduler))
     else:
-        motion_adapter = MotionAdapter.from_pretrained(str(root / "motion_adapter"), torch_dtype=dtype).to(device)
+        motion_adapter = MotionAdapter.from_pretrained(str(root / "motion_adapter"), torch_dtype=dtype,
+                                                       low_cpu_mem_usage=False).to(device)
         # AnimateDiffPipeline wraps the image UNet into a UNetMotionModel with the adapter's temporal layers.
         video_pipeline = AnimateDiffPipeline(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, motion_adapter=motion_adapter,
