@@ -189,6 +189,19 @@ def _copy_file(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
+def _render(kind: str, backend: Backend, cache, prompts: list[str], seeds: list[int], text_encoder: torch.nn.Module,
+            phase: str, store: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Render videos or images through `cache` when there is one, else through the backend.
+
+    Returns the uint8 samples and a bool mask of those read from the cache.
+    """
+    desc = f"{kind}s {phase}"
+    if cache is not None:
+        return cache.render(kind, prompts, seeds, text_encoder, desc=desc, store=store)
+    generate = backend.generate_videos if kind == "video" else backend.generate_images
+    return generate(prompts, seeds, text_encoder=text_encoder, desc=desc), np.zeros(len(prompts), dtype=bool)
+
+
 def run_phase(
     phase: str,
     backend: Backend,
@@ -230,13 +243,9 @@ def run_phase(
     if settings.videos:
         videos = None
         if len(todo):
-            if cache is not None:
-                videos, from_cache = cache.render("video", todo_prompts, todo_seeds, text_encoder,
-                                                  desc=f"videos {phase}", store=reuse_from is None)
-                video_from_cache[todo] = from_cache
-            else:
-                videos = backend.generate_videos(todo_prompts, todo_seeds, text_encoder=text_encoder,
-                                                 desc=f"videos {phase}")
+            videos, from_cache = _render("video", backend, cache, todo_prompts, todo_seeds, text_encoder, phase,
+                                         store=reuse_from is None)
+            video_from_cache[todo] = from_cache
         generated = dict(zip(todo.tolist(), videos if videos is not None else []))
         for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
             stem = f"{i:03d}_{_slug(prompt)}_seed{seed}"
@@ -267,13 +276,9 @@ def run_phase(
     if settings.images:
         new_images = None
         if len(todo):
-            if cache is not None:
-                new_images, from_cache = cache.render("image", todo_prompts, todo_seeds, text_encoder,
-                                                      desc=f"images {phase}", store=reuse_from is None)
-                image_from_cache[todo] = from_cache
-            else:
-                new_images = backend.generate_images(todo_prompts, todo_seeds, text_encoder=text_encoder,
-                                                     desc=f"images {phase}")
+            new_images, from_cache = _render("image", backend, cache, todo_prompts, todo_seeds, text_encoder, phase,
+                                             store=reuse_from is None)
+            image_from_cache[todo] = from_cache
         reference = new_images if new_images is not None else reuse_from.images
         images = np.zeros((len(samples), *reference.shape[1:]), dtype=reference.dtype)
         image_present = np.zeros(len(samples), dtype=bool)
