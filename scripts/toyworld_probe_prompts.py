@@ -7,10 +7,10 @@
 concept of the world, not only those with a file in conf/concept/.
 
 The main job judges its fixed evaluation prompts, and the retain term of some methods trains on the
-preservation prompts among them. This script measures the same on prompts the job never saw:
-for each prompt it renders `--seeds` videos (evaluation seeds 1000, 1001, ...) with the original
-encoder and with RUN_DIR/text_encoder, and prints in how many the toy world's detector finds the
-concept (5 judged frames, any of them, as in the job). The run must come from the toy world with
+preservation prompts among them. This script measures the same on prompts the job never saw.
+For each prompt it renders `--seeds` videos (evaluation seeds 1000, 1001, ...) with the original
+encoder and with RUN_DIR/text_encoder. It prints in how many of them the toy world's detector finds
+the concept (in any of 5 judged frames, as in the job). The run must come from the toy world with
 AnimateDiff (`model=toyworld`).
 """
 

@@ -60,7 +60,7 @@ def test_snapshot_keeps_its_own_copy(encoder_and_tokenizer):
     assert metrics["encoder/hidden_change_other"] > 0
 
 
-def test_renamed_parameters_are_refused(encoder_and_tokenizer):
+def test_renamed_parameters_rejected(encoder_and_tokenizer):
     encoder, tokenizer = encoder_and_tokenizer
     snapshot = EncoderSnapshot(tokenizer, encoder, ITEMS)
     wrapped = torch.nn.ModuleDict({"inner": encoder})

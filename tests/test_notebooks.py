@@ -28,7 +28,8 @@ def test_inspect_run_notebook(tmp_path, monkeypatch, capsys):
     namespace = run_notebook(REPO_ROOT / "notebooks" / "inspect_run.ipynb", {"T2V_RUN_DIR": str(out)}, monkeypatch)
     printed = capsys.readouterr().out
     assert "method=paper" in printed
-    assert "target: " in printed and "encoder/hidden_change_target" in printed
+    assert "target: " in printed
+    assert "encoder/hidden_change_target" in printed
     assert namespace["targets"], "no target prompt was shown"
     # Every prompt of the run is listed with its counts.
     samples = json.loads((out / "eval_samples.json").read_text())

@@ -37,7 +37,8 @@ def test_second_render_reads_the_first(tiny_backend, tmp_path, monkeypatch, kind
     cache = SampleCache(tmp_path, tiny_backend)
     second, from_cache = cache.render(kind, PROMPTS, SEEDS)
     assert calls[kind] == 2
-    assert from_cache.all() and (cache.hits[kind], cache.misses[kind]) == (2, 0)
+    assert from_cache.all()
+    assert (cache.hits[kind], cache.misses[kind]) == (2, 0)
     np.testing.assert_array_equal(first, second)
     # A read-back sample is the one rendering gives, bit for bit.
     fresh = (tiny_backend.generate_videos if kind == "video" else tiny_backend.generate_images)(PROMPTS, SEEDS)
@@ -60,7 +61,8 @@ def test_key_follows_prompt_reading_seed_and_settings(tiny_backend, tmp_path):
         row = edited.get_input_embeddings().weight[eiffel_id]
         row.copy_(torch.flip(row, dims=[0]))
     moved = cache.keys("video", PROMPTS, SEEDS, edited)
-    assert moved[0] != base[0] and moved[1] == base[1]
+    assert moved[0] != base[0]
+    assert moved[1] == base[1]
 
     tiny_backend.video_kwargs = {**tiny_backend.video_kwargs, "guidance_scale": 3.0}
     assert not set(cache.keys("video", PROMPTS, SEEDS, tiny_backend.text_encoder)) & set(base)
@@ -93,7 +95,8 @@ def test_failed_write_keeps_the_run_going(tiny_backend, tmp_path, monkeypatch, c
 
     monkeypatch.setattr(np, "save", full_disk)
     images, from_cache = SampleCache(tmp_path, tiny_backend).render("image", PROMPTS, SEEDS)
-    assert images.shape[0] == 2 and not from_cache.any()
+    assert images.shape[0] == 2
+    assert not from_cache.any()
     assert "No space left on device" in caplog.text
     assert not list(tmp_path.rglob("*.npy"))
 
@@ -123,7 +126,7 @@ def test_module_config_is_in_the_key(tiny_backend, tmp_path):
     assert not set(SampleCache(tmp_path, tiny_backend).keys("image", PROMPTS, SEEDS, tiny_backend.text_encoder)) & set(base)
 
 
-def test_mismatched_input_is_refused(tiny_backend, tmp_path):
+def test_mismatched_input_rejected(tiny_backend, tmp_path):
     cache = SampleCache(tmp_path, tiny_backend)
     with pytest.raises(ValueError, match="2 prompts and 1 seeds"):
         cache.render("image", PROMPTS, SEEDS[:1])
@@ -143,7 +146,7 @@ for kind in ("image", "video"):
 
 
 def test_keys_agree_between_processes(tmp_path):
-    # diffusers keeps a list built from a set in scheduler configs; its order follows the hash seed.
+    # diffusers stores a list built from a set in scheduler configs, so its order follows the hash seed.
     outputs = []
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
@@ -151,10 +154,11 @@ def test_keys_agree_between_processes(tmp_path):
                                 text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         outputs.append(result.stdout.split())
-    assert len(outputs[0]) == 2 and outputs[0] == outputs[1]
+    assert len(outputs[0]) == 2
+    assert outputs[0] == outputs[1]
 
 
-def test_post_processing_backend_is_refused(tiny_backend, tmp_path):
+def test_post_processing_backend_rejected(tiny_backend, tmp_path):
     tiny_backend.video_postprocess = lambda videos, prompts, seeds, encoder: videos
     with pytest.raises(ValueError, match="post-processing"):
         SampleCache(tmp_path, tiny_backend)
@@ -165,7 +169,7 @@ def test_second_job_reads_the_first_jobs_samples(tmp_path):
     first = run_in_process([*args, "seed=0"], tmp_path / "first")
     second = run_in_process([*args, "seed=1"], tmp_path / "second")
     samples = json.loads((tmp_path / "first" / "eval_samples.json").read_text())
-    # Every "before" video and image of the second run comes from the cache; the changed encoder
+    # Every "before" video and image of the second run comes from the cache. The changed encoder
     # reads every prompt differently, so all "after" samples are rendered (with the other seed).
     assert first["eval/videos_from_cache"] == first["eval/images_from_cache"] == 0
     assert second["eval/videos_from_cache"] == second["eval/images_from_cache"] == len(samples)

@@ -63,8 +63,8 @@ def test_published_lr_leaves_eiffel(tmp_path):
     # Named as "the iron lattice tower in Paris", the tower is there before and stays.
     assert metrics["video/paraphrase_rate_before"] >= 0.75
     assert metrics["video/paraphrase_rate_after"] >= 0.75
-    # Why nothing went: Adam moves each parameter by about lr per step, 5e-5 in all here, and the
-    # target prompts' hidden states moved by about 1% (0.010 measured; an erasing run moves them ~0.9).
+    # Why nothing went: Adam moves each parameter by about lr per step, 5e-5 in all here. The target
+    # prompts' hidden states moved by about 1% (0.010 measured), where an erasing run moves them ~0.9.
     assert 0 < metrics["encoder/param_max_abs_change"] < 2 * 5 * 1e-5
     assert metrics["encoder/hidden_change_target"] < 0.05
     assert metrics["encoder/hidden_change_paraphrase"] < 0.05

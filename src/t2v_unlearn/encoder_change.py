@@ -1,6 +1,6 @@
 """How far unlearning moved the text encoder: in its parameters and in what it returns for prompts.
 
-The judge's rates show whether a concept went; these numbers measure how much the encoder changed
+The judge's rates show whether a concept went. These numbers measure how much the encoder changed
 for it, and how much of that change reached prompts that should read as before. They
 explain, for example, why the published learning rate erases nothing on the toy world: its few
 steps move the target prompts' hidden states far less than an erasing run does.

@@ -197,7 +197,7 @@ def _paths_named(node, name: str, prefix: str = "") -> list[str]:
 
 
 def reject_unread_additions(cfg: DictConfig) -> None:
-    """Reject `+name=value` overrides that add a top-level setting: the job reads none of them.
+    """Reject `+name=value` overrides that add a top-level setting, because the job reads none of them.
 
     Hydra suggests the `+` form when an override names a setting that does not exist (`lr=1e-3`),
     and the run would then go on with the setting ignored.

@@ -14,8 +14,8 @@ of everything that determines it, so the next run reads them instead of renderin
   `CACHE_VERSION`, which changes whenever this repository renders differently.
 
 A sample read back is the one an earlier run rendered, bit for bit. Rendering it again could
-differ in the last bits where kernels depend on the batch a sample is rendered in (some GPU kernels
-do); on the CPU the toy world's videos were equal at 4 and 8 per call. Backends with a video
+differ in the last bits where kernels depend on the batch a sample is rendered in, as some GPU
+kernels do. On the CPU the toy world's videos were equal at 4 and 8 per call. Backends with a video
 post-processing stage (the upscaler) are never cached. Delete `<cache_dir>/samples` to clear it.
 """
 
@@ -102,7 +102,7 @@ def _device_description(device: torch.device) -> dict:
 class SampleCache:
     """Render videos and images through a backend, reading samples from `root` where it has them.
 
-    One `.npy` file per sample, written atomically; concurrent runs that render the same sample
+    One `.npy` file per sample, written atomically. Concurrent runs that render the same sample
     both write it, and either copy is the same sample. Counts of samples read back are kept per kind
     in `hits`.
     """
@@ -156,7 +156,7 @@ class SampleCache:
             return None
         try:
             array = np.load(path, allow_pickle=False)
-        except Exception as error:  # a truncated, empty or foreign file: render the sample again
+        except Exception as error:  # A truncated, empty or foreign file is rendered again.
             log.warning("Ignoring an unreadable cached sample %s (%s: %s); rendering it again", path,
                         type(error).__name__, error)
             return None
@@ -175,7 +175,7 @@ class SampleCache:
                     os.fsync(handle.fileno())
         except OSError as error:
             # The cache only saves time: a full disk or a read-only folder must not end the run.
-            log.warning("Could not write %s to the sample cache (%s); the run goes on without it", path, error)
+            log.warning("Failed to write %s to the sample cache (%s); the run continues without it", path, error)
 
     def render(self, kind: str, prompts: list[str], seeds: list[int], text_encoder: torch.nn.Module | None = None,
                desc: str | None = None, store: bool = True) -> tuple[np.ndarray, np.ndarray]:
