@@ -5,7 +5,7 @@
     python train.py -m concept=snoopy,eiffel seed=0,1,2
 """
 
-import logging
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -13,16 +13,26 @@ from omegaconf import DictConfig
 
 import t2v_unlearn.resolvers  # noqa: F401  (registers ${join_keys:...} and ${sweep_group:})
 
-log = logging.getLogger(__name__)
-
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> dict:
     # Imported here, after Hydra has parsed the command line: torch, Lightning and diffusers take
     # several seconds to import, and a mistyped override should fail at once.
+    from t2v_unlearn.backends.loading import ModelLoadError
+    from t2v_unlearn.backends.shared_encoder import EncoderMismatchError
+    from t2v_unlearn.errors import SettingsError
+    from t2v_unlearn.fewshot import FewShotError
+    from t2v_unlearn.hydra_callbacks import FinishedRunError
     from t2v_unlearn.run import run
+    from t2v_unlearn.unlearn import DivergenceError
 
-    return run(cfg, HydraConfig.get().runtime.output_dir)
+    try:
+        return run(cfg, HydraConfig.get().runtime.output_dir)
+    except (SettingsError, FewShotError, FinishedRunError, ModelLoadError, EncoderMismatchError,
+            DivergenceError) as error:
+        # The message names the value and the fix; a traceback would only bury it. Other errors
+        # (bugs) keep Hydra's report with the traceback.
+        sys.exit(f"Error: {type(error).__name__}: {error}")
 
 
 if __name__ == "__main__":

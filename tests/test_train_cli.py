@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT, compose_config
+from t2v_unlearn.errors import SettingsError
 
 FAST = ["model=animatediff_tiny", "model.backend.num_inference_steps=2", "eval.seeds_per_prompt=1",
         "eval.prompts_per_group=2", "epochs=2", "shots=2"]
@@ -171,7 +172,7 @@ def test_invalid_setting_rejected_before_loading(tmp_path, monkeypatch, override
         raise AssertionError("the backend was built before the settings were checked")
 
     monkeypatch.setattr(run_module, "build_backend", fail_if_called)
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace("[", r"\[")):
         run_in_process([*FAST, override, "logger=none"], tmp_path / "run")
 
 
@@ -182,8 +183,10 @@ def test_cli_top_level_addition_rejected(tmp_path, override, hint):
     # Hydra suggests `+lr=...` for `lr=...`; the job would then run with the setting ignored.
     result = train_cli([*FAST, override, "logger=none"], tmp_path, check=False, timeout=120)
     assert result.returncode != 0
-    assert f"'{override}' adds a top-level setting" in result.stderr
+    assert f"Error: SettingsError: '{override}' adds a top-level setting" in result.stderr
     assert hint in result.stderr
+    # The message names the fix; a traceback would bury it.
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "outputs").exists() or not list((tmp_path / "outputs").rglob("metrics.json"))
 
 
@@ -197,6 +200,7 @@ def test_cli_end_to_end_and_refuses_finished_folder(tmp_path):
     assert again.returncode != 0
     assert "already holds a finished run" in again.stderr
     assert "overwrite=true" in again.stderr
+    assert "Traceback" not in again.stderr
     assert (out / "metrics.json").read_bytes() == metrics_before
     assert (out / ".hydra" / "config.yaml").read_bytes() == config_before
 
@@ -231,6 +235,7 @@ def test_cli_model_load_error_readable(tmp_path):
     assert "missing_adapter" in result.stderr
     # The error reaches the terminal as itself, not as the quoted repr inside Hydra's wrapper.
     assert "Error in call to target" not in result.stderr
+    assert "Traceback" not in result.stderr
     assert "hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir" in result.stderr
 
 

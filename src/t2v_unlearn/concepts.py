@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from t2v_unlearn.errors import SettingsError
 from t2v_unlearn.judges.base import WatchedConcept
 
 KINDS = ("object", "style")
@@ -48,9 +49,9 @@ class Concept:
     def from_config(cls, key: str, cfg: Mapping[str, Any]) -> "Concept":
         missing = [f for f in ("name", "kind", "image_prompts", "eval_prompts", "probe") if not cfg.get(f)]
         if missing:
-            raise ValueError(f"concept '{key}' is missing the field(s) {missing}; see conf/concept/eiffel.yaml")
+            raise SettingsError(f"concept '{key}' is missing the field(s) {missing}; see conf/concept/eiffel.yaml")
         if cfg["kind"] not in KINDS:
-            raise ValueError(f"concept '{key}' has kind '{cfg['kind']}'; use one of {list(KINDS)}")
+            raise SettingsError(f"concept '{key}' has kind '{cfg['kind']}'; use one of {list(KINDS)}")
         preserve = tuple(_preserve_prompt(key, entry) for entry in cfg.get("preserve_prompts") or ())
         return cls(
             key=str(cfg.get("key", key)),
@@ -76,10 +77,10 @@ def _preserve_prompt(key: str, entry: Mapping[str, Any]) -> PreservePrompt:
     if unknown:
         # In a YAML flow mapping a comma ends the value, so an unquoted "a cat, oil painting style"
         # leaves the prompt as "a cat" and makes "oil painting style" a key.
-        raise ValueError(f"concept '{key}' has a preserve prompt {dict(entry)} with unknown key(s) {unknown}; "
+        raise SettingsError(f"concept '{key}' has a preserve prompt {dict(entry)} with unknown key(s) {unknown}; "
                          "quote a prompt that contains a comma: {prompt: \"a cat, oil painting style\", ...}")
     if missing:
-        raise ValueError(f"concept '{key}' has a preserve prompt {dict(entry)} without {missing}; "
+        raise SettingsError(f"concept '{key}' has a preserve prompt {dict(entry)} without {missing}; "
                          "give each entry prompt, concept and probe")
     return PreservePrompt(prompt=str(entry["prompt"]), concept=str(entry["concept"]), probe=str(entry["probe"]))
 
@@ -90,12 +91,12 @@ def load_concepts(concepts_cfg: Mapping[str, Any] | None, images_dir: str | None
     `images_dir` (the `concept.images_dir=...` shortcut) applies to a single-concept run.
     """
     if not concepts_cfg:
-        raise ValueError("no concept selected; pass one, e.g. concept=eiffel or concept=[snoopy,mickey]")
+        raise SettingsError("no concept selected; pass one, e.g. concept=eiffel or concept=[snoopy,mickey]")
     concepts = [Concept.from_config(key, cfg) for key, cfg in concepts_cfg.items()]
     if images_dir:
         if len(concepts) > 1:
             keys = ", ".join(c.key for c in concepts)
-            raise ValueError(f"concept.images_dir applies to one concept, but this run unlearns {keys}; "
+            raise SettingsError(f"concept.images_dir applies to one concept, but this run unlearns {keys}; "
                              "set concepts.<key>.images_dir=... for each concept instead")
         concepts[0] = replace(concepts[0], images_dir=str(images_dir))
     return concepts
@@ -159,5 +160,5 @@ class PromptTemplates:
     def for_kind(self, kind: str) -> list[str]:
         templates = self.object if kind == "object" else self.style
         if not templates:
-            raise ValueError(f"no prompt templates for kind '{kind}'; check conf/prompts/")
+            raise SettingsError(f"no prompt templates for kind '{kind}'; check conf/prompts/")
         return templates

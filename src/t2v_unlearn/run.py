@@ -24,6 +24,7 @@ from t2v_unlearn.concepts import PromptTemplates, evaluation_items, load_concept
 from t2v_unlearn.data import LatentPromptDataset, UnlearningDataModule, encode_images, random_latents
 from t2v_unlearn.early_stopping import JudgeEarlyStopping
 from t2v_unlearn.encoder_change import EncoderSnapshot
+from t2v_unlearn.errors import SettingsError
 from t2v_unlearn.evaluate import (
     EvalSettings,
     encoder_digests,
@@ -128,15 +129,15 @@ def validate_settings(cfg: DictConfig) -> None:
     for key in ("shots", "epochs", "batch_size", "seed", "eval.seeds_per_prompt", "eval.frames_to_judge"):
         value = OmegaConf.select(cfg, key)
         if not _whole_number(value):
-            raise ValueError(f"{key}={value!r} is invalid; pass a whole number")
+            raise SettingsError(f"{key}={value!r} is invalid; pass a whole number")
     if cfg.eval.prompts_per_group is not None and not _whole_number(cfg.eval.prompts_per_group):
-        raise ValueError(f"eval.prompts_per_group={cfg.eval.prompts_per_group!r} is invalid; pass null (all) or a "
+        raise SettingsError(f"eval.prompts_per_group={cfg.eval.prompts_per_group!r} is invalid; pass null (all) or a "
                          f"whole number")
     lr = OmegaConf.select(cfg, "optim.lr")
     if not _number(lr) or lr <= 0:
-        raise ValueError(f"optim.lr={lr!r} is invalid; pass a positive number such as optim.lr=1e-5")
+        raise SettingsError(f"optim.lr={lr!r} is invalid; pass a positive number such as optim.lr=1e-5")
     if not _number(cfg.retain.weight):
-        raise ValueError(f"retain.weight={cfg.retain.weight!r} is invalid; pass 0 (off) or a positive number")
+        raise SettingsError(f"retain.weight={cfg.retain.weight!r} is invalid; pass 0 (off) or a positive number")
     checks = [
         (cfg.shots >= 0, f"shots={cfg.shots} is invalid; pass 0 (random latents) or a positive image count"),
         (cfg.epochs >= 1, f"epochs={cfg.epochs} is invalid; pass 1 or more"),
@@ -153,7 +154,7 @@ def validate_settings(cfg: DictConfig) -> None:
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise SettingsError(message)
 
 
 # Outputs of a run. `overwrite=true` removes these from the folder before the new run starts.
@@ -214,7 +215,7 @@ def reject_unread_additions(cfg: DictConfig) -> None:
             continue
         named = _paths_named(OmegaConf.to_container(cfg, resolve=False), key)
         hint = f" Did you mean {' or '.join(f'{path}=...' for path in named)}?" if named else ""
-        raise ValueError(f"'{override}' adds a top-level setting '{key}' that the job does not read.{hint} Use "
+        raise SettingsError(f"'{override}' adds a top-level setting '{key}' that the job does not read.{hint} Use "
                          f"the full name without '+'; `python train.py --cfg job` prints every setting.")
 
 
