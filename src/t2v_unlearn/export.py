@@ -32,7 +32,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def save_text_encoder(text_encoder, path: str | Path, provenance: dict[str, Any]) -> Path:
+def save_text_encoder(text_encoder, path: str | Path, provenance: dict[str, Any], log_level: int = logging.INFO) -> Path:
     """Write `text_encoder` with `save_pretrained` (safetensors) and `unlearning.json`, atomically.
 
     The folder loads with `CLIPTextModel.from_pretrained(path)` and drops into any diffusers
@@ -42,7 +42,7 @@ def save_text_encoder(text_encoder, path: str | Path, provenance: dict[str, Any]
     with atomic_directory(path, replace=True) as tmp:
         text_encoder.save_pretrained(tmp, safe_serialization=True)
         write_json_atomic(tmp / PROVENANCE_FILE, {**provenance, "versions": package_versions()})
-    log.info("Saved text encoder to %s", path)
+    log.log(log_level, "Saved text encoder to %s", path)
     return path
 
 
@@ -60,4 +60,7 @@ class SaveTextEncoderEachEpoch(pl.Callback):
         epoch = trainer.current_epoch + 1
         record = {**self.provenance, "epoch": epoch,
                   "optimizer_steps": int(getattr(pl_module, "applied_steps", trainer.global_step))}
-        save_text_encoder(pl_module.text_encoder, self.out_dir / f"text_encoder_epoch_{epoch}", record)
+        if epoch == 1:
+            log.info("Saving the text encoder after every epoch to %s", self.out_dir / "text_encoder_epoch_<n>")
+        save_text_encoder(pl_module.text_encoder, self.out_dir / f"text_encoder_epoch_{epoch}", record,
+                          log_level=logging.DEBUG)

@@ -40,6 +40,7 @@ from t2v_unlearn.export import BASE_FINGERPRINT_KEY, SaveTextEncoderEachEpoch, s
 from t2v_unlearn.fewshot import collect_fewshot
 from t2v_unlearn.hydra_callbacks import FINISHED_MARKER, check_run_dir
 from t2v_unlearn.io import write_json_atomic
+from t2v_unlearn.quiet import silence_known_training_messages
 from t2v_unlearn.judges.clip import clip_scorer_for
 from t2v_unlearn.sample_cache import SampleCache
 from t2v_unlearn.tracking import finish, log_media, log_metrics
@@ -222,6 +223,7 @@ def reject_unread_additions(cfg: DictConfig) -> None:
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Run the whole job into `out_dir` and return the metrics that `metrics.json` holds."""
     start = time.perf_counter()
+    silence_known_training_messages()
     out_dir = Path(out_dir)
     check_run_dir(out_dir, bool(cfg.overwrite))
     reject_unread_additions(cfg)

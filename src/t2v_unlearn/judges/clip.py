@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from t2v_unlearn.judges.base import Judge, WatchedConcept
+from t2v_unlearn.quiet import root_logger_warnings_only
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +34,22 @@ class ClipScorer:
     def __init__(self, spec: dict[str, Any], device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         spec = dict(spec)
-        if "loader" in spec:
-            module_name, function_name = str(spec.pop("loader")).split(":")
-            loader = getattr(importlib.import_module(module_name), function_name)
-            self.model, self.preprocess, self.tokenizer = loader(**spec)
-        else:
-            name = spec.get("model_name")
-            if not name:
-                raise ValueError(f"CLIP spec {spec} names no model; set model.clip.model_name (e.g. ViT-B-32)")
-            if spec.get("seed") is not None:
-                torch.manual_seed(int(spec["seed"]))
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=spec.get("pretrained") or None
-            )
-            self.tokenizer = open_clip.get_tokenizer(name)
+        # open_clip logs every loading step at INFO on the root logger.
+        with root_logger_warnings_only():
+            if "loader" in spec:
+                module_name, function_name = str(spec.pop("loader")).split(":")
+                loader = getattr(importlib.import_module(module_name), function_name)
+                self.model, self.preprocess, self.tokenizer = loader(**spec)
+            else:
+                name = spec.get("model_name")
+                if not name:
+                    raise ValueError(f"CLIP spec {spec} names no model; set model.clip.model_name (e.g. ViT-B-32)")
+                if spec.get("seed") is not None:
+                    torch.manual_seed(int(spec["seed"]))
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    name, pretrained=spec.get("pretrained") or None
+                )
+                self.tokenizer = open_clip.get_tokenizer(name)
         self.model = self.model.to(self.device).eval()
 
     @torch.no_grad()
