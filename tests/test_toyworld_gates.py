@@ -9,6 +9,7 @@ import pytest
 
 from t2v_unlearn.toyworld.gates import (
     GATES,
+    _summarise,
     format_table,
     gate_prompts,
     generation_rates,
@@ -50,6 +51,22 @@ def test_images_only_gates_print_a_table(monkeypatch):
     assert "| concept | detector accuracy | images named | images unnamed |" in table
     assert "videos named" not in table
     assert "s per image" in table
+
+
+def test_frame_counts_not_reported_as_gate():
+    from t2v_unlearn.toyworld.grammar import concept_keys
+
+    keys = concept_keys()
+    frames = {key: {"named": 0.5, "named_count": 4, "unnamed": 0.0} for key in keys}
+    videos = {key: {"named": 1.0, "named_count": 2, "unnamed": 0.0} for key in keys}
+    result = {"detector_accuracy": dict.fromkeys(keys, 1.0), "detector_passed": True, "torch_threads": 2,
+              "generation": {"videos": videos, "video_frames": frames, "seconds_per_video": 1.0},
+              "videos_summary": _summarise(videos), "video_frames_summary": _summarise(frames)}
+    summary = format_table(result).splitlines()
+    frame_line = next(line for line in summary if line.startswith("- video_frames:"))
+    video_line = next(line for line in summary if line.startswith("- videos:"))
+    assert frame_line.endswith("per frame, not a gate")
+    assert video_line.endswith("PASS")
 
 
 def test_gate_command_refuses_no_generations(capsys):
