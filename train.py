@@ -9,6 +9,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import t2v_unlearn.resolvers  # noqa: F401  (registers ${join_keys:...} and ${sweep_group:})
@@ -26,12 +27,15 @@ def main(cfg: DictConfig) -> dict:
     from t2v_unlearn.run import run
     from t2v_unlearn.unlearn import DivergenceError
 
+    hydra_config = HydraConfig.get()
     try:
-        return run(cfg, HydraConfig.get().runtime.output_dir)
+        return run(cfg, hydra_config.runtime.output_dir)
     except (SettingsError, FewShotError, FinishedRunError, ModelLoadError, EncoderMismatchError,
             DivergenceError) as error:
-        # The message names the value and the fix; a traceback would only bury it. Other errors
-        # (bugs) keep Hydra's report with the traceback.
+        # In a multirun the error goes back to Hydra, which records the failed job. A single run
+        # prints only the message: it names the value and the fix, and a traceback would bury it.
+        if hydra_config.mode == RunMode.MULTIRUN:
+            raise
         sys.exit(f"Error: {type(error).__name__}: {error}")
 
 

@@ -3,31 +3,43 @@
 import logging
 import warnings
 
-from t2v_unlearn.quiet import diffusers_errors_only, root_logger_warnings_only, silence_known_training_messages
+from t2v_unlearn.quiet import (
+    hide_empty_float32_warning,
+    open_clip_info_hidden,
+    silence_known_training_messages,
+)
 
 
-def test_root_logger_quiet_restores_level(caplog):
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
-    with caplog.at_level(logging.INFO):
-        with root_logger_warnings_only():
-            logging.info("loading step")
-            logging.warning("real problem")
-        logging.info("after the block")
+def test_open_clip_info_hidden_others_kept(caplog):
+    import open_clip
+
+    caplog.set_level(logging.INFO)
+    with open_clip_info_hidden():
+        open_clip.create_model("RN50", pretrained=None)
+        logging.info("a message of this repository")
+    open_clip.get_tokenizer("RN50")
     messages = [record.getMessage() for record in caplog.records]
-    assert "loading step" not in messages
-    assert "real problem" in messages
-    assert "after the block" in messages
-    assert root.level == logging.INFO
+    assert "a message of this repository" in messages
+    assert not any("Instantiating model architecture" in message for message in messages)
+    assert logging.getLogger().filters == []
 
 
-def test_diffusers_quiet_restores_verbosity():
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.set_verbosity_warning()
-    with diffusers_errors_only():
-        assert diffusers_logging.get_verbosity() == diffusers_logging.ERROR
-    assert diffusers_logging.get_verbosity() == diffusers_logging.WARNING
+def test_empty_float32_warning_dropped_others_kept():
+    hide_empty_float32_warning()
+    hide_empty_float32_warning()
+    modeling_utils = logging.getLogger("diffusers.models.modeling_utils")
+    assert len(modeling_utils.filters) == 1
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    modeling_utils.addHandler(handler)
+    try:
+        modeling_utils.warning("There are modules in UNetMotionModel that should be kept in float32: []. Casting ...")
+        modeling_utils.warning("There are modules in UNet that should be kept in float32: ['norm']. Casting ...")
+    finally:
+        modeling_utils.removeHandler(handler)
+    assert len(messages) == 1
+    assert "['norm']" in messages[0]
 
 
 def test_lightning_tip_dropped_other_info_kept(caplog):

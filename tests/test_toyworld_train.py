@@ -1,6 +1,7 @@
 """Toy-world training script: learning-rate cycles, per-step seeds and the stages on smoke counts."""
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -79,3 +80,48 @@ def test_smoke_training_stages(tmp_path):
     assert videos.dtype == np.uint8
     with pytest.raises(FileNotFoundError, match="motion_adapter"):
         build_toyworld_backend(str(weights))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_unet_stage_resume_matches_unbroken(tmp_path, monkeypatch):
+    # A stage stopped after a checkpoint and started again ends with the weights of an unbroken run.
+    load_train_config = toy_train.load_train_config
+
+    def small_config(smoke=False):
+        config = load_train_config(smoke)
+        config["unet"].update(steps=8, warmup_steps=2, batch_size=8, extra_cycles=[])
+        return config
+
+    monkeypatch.setattr(toy_train, "load_train_config", small_config)
+    scratch, weights = tmp_path / "scratch", tmp_path / "weights"
+    smoke = ["--smoke", "--weights", str(weights)]
+    toy_train.main([*smoke, "--scratch", str(scratch), "--stages", "data", "vae", "latents"])
+    stopped = tmp_path / "stopped"
+    shutil.copytree(scratch, stopped)
+    toy_train.main([*smoke, "--scratch", str(scratch), "--stages", "unet"])
+    unbroken = torch.load(scratch / "arrays" / "unet_ema.pt", weights_only=True)
+
+    monkeypatch.setattr(toy_train, "CHECKPOINT_EVERY", 4)
+    cycle_lr = toy_train.cycle_lr
+
+    def stop_at_step_6(step, cycles):
+        if step == 6:
+            raise _Stop
+        return cycle_lr(step, cycles)
+
+    monkeypatch.setattr(toy_train, "cycle_lr", stop_at_step_6)
+    with pytest.raises(_Stop):
+        toy_train.main([*smoke, "--scratch", str(stopped), "--stages", "unet"])
+    assert torch.load(stopped / "checkpoints" / "unet.pt", weights_only=True)["step"] == 4
+    assert not (stopped / "done" / "unet.json").exists()
+
+    monkeypatch.setattr(toy_train, "cycle_lr", cycle_lr)
+    toy_train.main([*smoke, "--scratch", str(stopped), "--stages", "unet"])
+    resumed = torch.load(stopped / "arrays" / "unet_ema.pt", weights_only=True)
+    for part in ("text_encoder", "unet"):
+        assert resumed[part].keys() == unbroken[part].keys()
+        changed = [key for key in unbroken[part] if not torch.equal(resumed[part][key], unbroken[part][key])]
+        assert changed == []

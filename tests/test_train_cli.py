@@ -122,6 +122,21 @@ def test_zero_shots_uses_random_latents(tmp_path):
     assert json.loads((out / "fewshot" / "fewshot.json").read_text())["images"] == []
 
 
+def test_failed_job_closes_wandb_run(tmp_path):
+    import wandb
+    from PIL import Image
+
+    from t2v_unlearn.fewshot import FewShotError
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (16, 16)).save(folder / "only.png")
+    # The few-shot step fails after the W&B run has started.
+    with pytest.raises(FewShotError, match="contains only 1 images"):
+        run_in_process([*FAST, "shots=3", f"concept.images_dir={folder}", "logger=wandb"], tmp_path / "run")
+    assert wandb.run is None
+
+
 def test_csv_logger_writes_metrics(tmp_path):
     out = tmp_path / "run"
     run_in_process([*FAST, "logger=csv", "eval.videos=false"], out)

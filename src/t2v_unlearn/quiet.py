@@ -1,6 +1,7 @@
 """Filters for library messages that do not apply to this repository's calls.
 
-Each filter matches one known message, so every other warning still reaches the user.
+Each filter matches one known message or one library's INFO lines, so every other warning still
+reaches the user.
 """
 
 from __future__ import annotations
@@ -8,39 +9,44 @@ from __future__ import annotations
 import logging
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
+
+
+class _DropOpenClipInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "open_clip" not in Path(record.pathname).parts
 
 
 @contextmanager
-def root_logger_warnings_only():
-    """Raise the root logger to WARNING inside the block.
+def open_clip_info_hidden():
+    """Hide open_clip's INFO lines inside the block.
 
     open_clip reports each step of model creation at INFO on the root logger, and Hydra sets the
     root logger to INFO, so loading the CLIP judge would print about ten lines.
     """
     root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
+    drop = _DropOpenClipInfo()
+    root.addFilter(drop)
     try:
         yield
     finally:
-        root.setLevel(level)
+        root.removeFilter(drop)
 
 
-@contextmanager
-def diffusers_errors_only():
-    """Show only diffusers errors inside the block.
+class _DropEmptyFloat32Warning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
 
-    `UNetMotionModel.from_unet2d` casts the new model to the image UNet's dtype with `.to(dtype)`,
-    and diffusers then warns that modules should stay in float32, listing none.
+
+def hide_empty_float32_warning() -> None:
+    """Drop diffusers' float32 warning when its list of modules is empty.
+
+    `UNetMotionModel.from_unet2d` casts the new model with `.to(dtype)`, and diffusers then warns
+    that modules should stay in float32 even when it lists none.
     """
-    from diffusers.utils import logging as diffusers_logging
-
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(level)
+    modeling_utils = logging.getLogger("diffusers.models.modeling_utils")
+    if not any(isinstance(existing, _DropEmptyFloat32Warning) for existing in modeling_utils.filters):
+        modeling_utils.addFilter(_DropEmptyFloat32Warning())
 
 
 class _DropLightningTip(logging.Filter):

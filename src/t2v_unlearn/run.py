@@ -40,8 +40,8 @@ from t2v_unlearn.export import BASE_FINGERPRINT_KEY, SaveTextEncoderEachEpoch, s
 from t2v_unlearn.fewshot import collect_fewshot
 from t2v_unlearn.hydra_callbacks import FINISHED_MARKER, check_run_dir
 from t2v_unlearn.io import write_json_atomic
-from t2v_unlearn.quiet import silence_known_training_messages
 from t2v_unlearn.judges.clip import clip_scorer_for
+from t2v_unlearn.quiet import silence_known_training_messages
 from t2v_unlearn.sample_cache import SampleCache
 from t2v_unlearn.tracking import finish, log_media, log_metrics
 from t2v_unlearn.unlearn import (
@@ -242,7 +242,24 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     logger = instantiate(cfg.logger) if cfg.get("logger") else None
     if logger is not None:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        metrics = _unlearn_and_measure(cfg, out_dir, start, concepts, templates, backend, judge, scorer, logger)
+    except BaseException:
+        # A W&B run left open would be reused by the next job of a multirun in this process.
+        finish(logger, "failed")
+        raise
+    finish(logger)
+    # metrics.json is written last: its presence marks a finished run.
+    write_json_atomic(out_dir / FINISHED_MARKER, metrics)
+    log.info("Metrics: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
+    log.info("Done in %.0f s. %s. Results: %s", metrics["time/total_s"], summary_line(metrics),
+             out_dir / FINISHED_MARKER)
+    return metrics
 
+
+def _unlearn_and_measure(cfg: DictConfig, out_dir: Path, start: float, concepts, templates, backend, judge, scorer,
+                         logger) -> dict:
+    """Make the few-shot images, measure the original model, unlearn, measure again; return the metrics."""
     # 1. Few-shot images.
     t0 = time.perf_counter()
     images_by_concept, records = collect_fewshot(backend, concepts, int(cfg.shots), int(cfg.fewshot_seed),
@@ -343,7 +360,6 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     save_text_encoder(module.text_encoder, out_dir / "text_encoder", final)
     unlearn_s = time.perf_counter() - t0
     if module.diverged_at_step is not None:
-        finish(logger, "failed")
         raise DivergenceError(
             f"the unlearning loss or a gradient became non-finite at step {module.diverged_at_step}; "
             f"the last finite encoder is saved in {out_dir / 'text_encoder'}. Lower optim.lr "
@@ -386,12 +402,6 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     if logger is not None:
         log_metrics(logger, metrics)
         log_media(logger, out_dir, records, before, after, samples)
-    finish(logger)
-    # metrics.json is written last: its presence marks a finished run.
-    write_json_atomic(out_dir / FINISHED_MARKER, metrics)
-    log.info("Metrics: %s", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()})
-    log.info("Done in %.0f s. %s. Results: %s", metrics["time/total_s"], summary_line(metrics),
-             out_dir / FINISHED_MARKER)
     return metrics
 
 

@@ -60,7 +60,7 @@ from t2v_unlearn.backends.loading import (
     resolve_source,
 )
 from t2v_unlearn.backends.shared_encoder import check_shared_encoder
-from t2v_unlearn.quiet import diffusers_errors_only
+from t2v_unlearn.quiet import hide_empty_float32_warning
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,8 @@ def build_animatediff_backend(
 
     # from_unet2d copies the image UNet's weights into a new UNet with motion modules, so training
     # (on `parts.unet`) and video generation (on `motion_unet`) use the same spatial weights.
-    with diffusers_errors_only():
-        motion_unet = UNetMotionModel.from_unet2d(parts.unet, adapter)
+    hide_empty_float32_warning()
+    motion_unet = UNetMotionModel.from_unet2d(parts.unet, adapter)
     motion_unet.requires_grad_(False)
     motion_unet.to(placement.device).eval()
     if motion_unet.dtype != placement.frozen_dtype:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from t2v_unlearn.backends.bundle import Backend, fingerprint_module
-from t2v_unlearn.quiet import diffusers_errors_only
+from t2v_unlearn.quiet import hide_empty_float32_warning
 
 # Pipeline defaults: 32 px, 8 frames, 20 DDIM steps at guidance 5 (timing in the model card).
 IMAGE_KWARGS = {"height": 32, "width": 32, "num_inference_steps": 20, "guidance_scale": 5.0}
@@ -97,11 +97,11 @@ def build_toyworld_backend(weights_dir: str | None = None, device: str = "cpu", 
         motion_adapter = MotionAdapter.from_pretrained(str(root / "motion_adapter"), torch_dtype=dtype,
                                                        low_cpu_mem_usage=False).to(device)
         # AnimateDiffPipeline wraps the image UNet into a UNetMotionModel with the adapter's temporal layers.
-        with diffusers_errors_only():
-            video_pipeline = AnimateDiffPipeline(
-                vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, motion_adapter=motion_adapter,
-                scheduler=_sampling_scheduler(noise_scheduler),
-            )
+        hide_empty_float32_warning()
+        video_pipeline = AnimateDiffPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, motion_adapter=motion_adapter,
+            scheduler=_sampling_scheduler(noise_scheduler),
+        )
     video_pipeline = video_pipeline.to(device)
     video_pipeline.unet.eval().requires_grad_(False)
 

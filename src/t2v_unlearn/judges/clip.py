@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from t2v_unlearn.judges.base import Judge, WatchedConcept
-from t2v_unlearn.quiet import root_logger_warnings_only
+from t2v_unlearn.quiet import open_clip_info_hidden
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,7 @@ class ClipScorer:
     def __init__(self, spec: dict[str, Any], device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         spec = dict(spec)
-        # open_clip logs every loading step at INFO on the root logger.
-        with root_logger_warnings_only():
+        with open_clip_info_hidden():
             if "loader" in spec:
                 module_name, function_name = str(spec.pop("loader")).split(":")
                 loader = getattr(importlib.import_module(module_name), function_name)

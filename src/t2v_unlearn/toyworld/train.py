@@ -138,7 +138,7 @@ class Run:
         if not path.exists():
             return None
         logger.info("resuming stage %s from %s", stage, path)
-        return torch.load(path, weights_only=False)
+        return torch.load(path, weights_only=True)
 
     def step_rng(self, stage: str, step: int) -> tuple[np.random.Generator, torch.Generator]:
         """Return numpy and torch generators that depend only on (seed, stage, step)."""
@@ -274,7 +274,7 @@ def stage_decoder(run: Run) -> dict:
     train = run.load_pickle("train.pkl")
     heldout = run.load_pickle("heldout.pkl")
     vae = build_vae(run.config["vae"], run.config["image_size"])
-    vae.load_state_dict(torch.load(run.array_path("vae_fp32.pt")))
+    vae.load_state_dict(torch.load(run.array_path("vae_fp32.pt"), weights_only=True))
     scaling_factor = run.metrics("vae")["scaling_factor"]
     # Only the decoder side learns: the latents the UNet is trained on stay exactly the same.
     vae.requires_grad_(False)
@@ -312,7 +312,7 @@ def load_trained_vae(run: Run):
     """Load the trained VAE, with the fine-tuned decoder once the decoder stage has run."""
     vae = build_vae(run.config["vae"], run.config["image_size"])
     path = run.array_path("vae_decoder_fp32.pt" if run.is_done("decoder") else "vae_fp32.pt")
-    vae.load_state_dict(torch.load(path))
+    vae.load_state_dict(torch.load(path, weights_only=True))
     vae.register_to_config(scaling_factor=run.metrics("vae")["scaling_factor"])
     return vae.eval()
 
@@ -640,7 +640,7 @@ def _write_model_index(weights: Path) -> None:
 
 def _frozen_image_models(run: Run, clip_latents: np.ndarray):
     """Load the trained (EMA) text encoder and image UNet, frozen, for the video stages."""
-    trained = torch.load(run.array_path("unet_ema.pt"))
+    trained = torch.load(run.array_path("unet_ema.pt"), weights_only=True)
     text_encoder = build_text_encoder(run.config["text_encoder"])
     text_encoder.load_state_dict(trained["text_encoder"])
     text_encoder.eval().requires_grad_(False)
