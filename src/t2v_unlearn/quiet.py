@@ -45,7 +45,8 @@ def hide_empty_float32_warning() -> None:
     that modules should stay in float32 even when it lists none.
     """
     modeling_utils = logging.getLogger("diffusers.models.modeling_utils")
-    if not any(isinstance(existing, _DropEmptyFloat32Warning) for existing in modeling_utils.filters):
+    # Compared by name: a re-imported module brings a new class, and one filter is enough.
+    if not any(type(existing).__name__ == "_DropEmptyFloat32Warning" for existing in modeling_utils.filters):
         modeling_utils.addFilter(_DropEmptyFloat32Warning())
 
 
@@ -61,5 +62,5 @@ def silence_known_training_messages() -> None:
     # pytorch_lightning's own code calls a torch API that newer torch releases deprecate.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    if not any(isinstance(existing, _DropLightningTip) for existing in rank_zero.filters):
+    if not any(type(existing).__name__ == "_DropLightningTip" for existing in rank_zero.filters):
         rank_zero.addFilter(_DropLightningTip())
