@@ -19,19 +19,12 @@ import t2v_unlearn.resolvers  # noqa: F401  (registers ${join_keys:...} and ${sw
 def main(cfg: DictConfig) -> dict:
     # Imported here, after Hydra has parsed the command line: torch, Lightning and diffusers take
     # several seconds to import, and a mistyped override should fail at once.
-    from t2v_unlearn.backends.loading import ModelLoadError
-    from t2v_unlearn.backends.shared_encoder import EncoderMismatchError
-    from t2v_unlearn.errors import SettingsError
-    from t2v_unlearn.fewshot import FewShotError
-    from t2v_unlearn.hydra_callbacks import FinishedRunError
-    from t2v_unlearn.run import run
-    from t2v_unlearn.unlearn import DivergenceError
+    from t2v_unlearn.run import INPUT_ERRORS, run
 
     hydra_config = HydraConfig.get()
     try:
         return run(cfg, hydra_config.runtime.output_dir)
-    except (SettingsError, FewShotError, FinishedRunError, ModelLoadError, EncoderMismatchError,
-            DivergenceError) as error:
+    except INPUT_ERRORS as error:
         # In a multirun the error goes back to Hydra, which records the failed job. A single run
         # prints only the message: it names the value and the fix, and a traceback would bury it.
         if hydra_config.mode == RunMode.MULTIRUN:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from t2v_unlearn.backends.bundle import fingerprint_module
 from t2v_unlearn.backends.loading import ModelLoadError
+from t2v_unlearn.backends.shared_encoder import EncoderMismatchError
 from t2v_unlearn.backends.upscaler import check_upscaler_concepts
 from t2v_unlearn.concepts import PromptTemplates, evaluation_items, load_concepts
 from t2v_unlearn.data import LatentPromptDataset, UnlearningDataModule, encode_images, random_latents
@@ -37,8 +38,8 @@ from t2v_unlearn.evaluate import (
     unchanged_prompts,
 )
 from t2v_unlearn.export import BASE_FINGERPRINT_KEY, SaveTextEncoderEachEpoch, save_text_encoder
-from t2v_unlearn.fewshot import collect_fewshot
-from t2v_unlearn.hydra_callbacks import FINISHED_MARKER, check_run_dir
+from t2v_unlearn.fewshot import FewShotError, collect_fewshot
+from t2v_unlearn.hydra_callbacks import FINISHED_MARKER, FinishedRunError, check_run_dir
 from t2v_unlearn.io import write_json_atomic
 from t2v_unlearn.judges.clip import clip_scorer_for
 from t2v_unlearn.quiet import silence_known_training_messages
@@ -53,6 +54,11 @@ from t2v_unlearn.unlearn import (
 )
 
 log = logging.getLogger(__name__)
+
+# Errors whose message names the bad input and the fix, so `train.py` prints them without a traceback.
+# NOTE: FileNotFoundError (a toy-world weights folder with a missing part) is not listed, so it still
+# prints a traceback.
+INPUT_ERRORS = (SettingsError, FewShotError, FinishedRunError, ModelLoadError, EncoderMismatchError, DivergenceError)
 
 
 def build_judge(judge_cfg: DictConfig, backend):
